@@ -1,0 +1,39 @@
+# tcap's entry points. Each target works on a fresh machine with only python3
+# and pip: it creates .venv and installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test check lint types bench clean
+
+## demo: KMeans in a spawn process pool, without and with tcap
+demo: $(STAMP)
+	@$(BIN)/python examples/demo.py
+
+## test: the whole suite (real numpy/scipy/scikit-learn, real subprocesses)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## check: lint + types + tests
+check: lint types test
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+## bench: launcher overhead and workload benchmarks, written to docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python -m compileall -q src
+	$(BIN)/python benchmarks/run.py --output docs/benchmarks.md
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from tcap.cli import main
+
+raise SystemExit(main())

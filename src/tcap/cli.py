@@ -1,0 +1,153 @@
+"""tcap's command line: parse, dispatch, map errors to exit codes.
+
+The parser is hand-written rather than argparse because ``tcap run`` sits
+in front of every program it launches: argparse (with gettext) costs more
+than the whole cached launch.  The commands live in ``tcap.commands``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tcap.errors import EXIT_INTERNAL, TcapError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+USAGE = """\
+usage: tcap run      [PLAN OPTIONS] [--dry-run] [--] COMMAND [ARG...]
+       tcap show     [PLAN OPTIONS] [--json]
+       tcap env      [PLAN OPTIONS] [--shell sh|bash|zsh|fish]
+       tcap profiles [--json]
+       tcap --version
+
+Cap every thread pool (OpenBLAS, OpenMP, MKL, ...) and the CPU affinity of a
+program before it starts, from a TOML profile.
+
+plan options:
+  -p, --profile P    profile name or path to a .toml file (default: default)
+  --threads N        cap for every pool
+  --blas N           cap for BLAS pools (OpenBLAS, MKL, BLIS, Accelerate)
+  --openmp N         cap for OpenMP pools
+  --workers N        processes the program runs in parallel: pools get
+                     cpus / N threads each, joblib's n_jobs=-1 means N
+  --cpus SPEC        all | a CPU list like 0-3,8 | first:N | physical
+  --set VAR=VALUE    also set VAR (repeatable)
+  --verify MODE      off | warn | strict | enforce
+N may be an expression over cpus and physical, e.g. 'cpus/2' or 'max(1,cpus-2)'.
+
+exit codes: the command's own; 2 usage or configuration error; 125 other
+failure of tcap; 126 command not executable; 127 command not found.
+"""
+
+PLAN_OPTIONS = {
+    "-p": "profile",
+    "--profile": "profile",
+    "--threads": "threads",
+    "--blas": "blas",
+    "--openmp": "openmp",
+    "--workers": "workers",
+    "--cpus": "cpus",
+    "--set": "set",
+    "--verify": "verify",
+}
+
+# command -> (options taking a value, flags without one, takes a command)
+COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
+    "run": (PLAN_OPTIONS, ("--dry-run",), True),
+    "show": (PLAN_OPTIONS, ("--json",), False),
+    "env": ({**PLAN_OPTIONS, "--shell": "shell"}, (), False),
+    "profiles": ({}, ("--json",), False),
+}
+
+
+def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
+    """Split argv into (command, options, the command to run)."""
+    if not argv:
+        raise TcapError("missing command: run, show, env or profiles (see tcap --help)")
+    name, args = argv[0], list(argv[1:])
+    if name not in COMMANDS:
+        from tcap.profiles import did_you_mean
+
+        raise TcapError(f"unknown command {name!r}{did_you_mean(name, list(COMMANDS))} (see tcap --help)")
+    valued, flags, takes_command = COMMANDS[name]
+    options: dict[str, object] = {"set": []}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            index += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        option, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if option in ("-h", "--help"):
+            options["help"] = True
+            index += 1
+            continue
+        if option not in valued and option.startswith("-p") and len(option) > 2 and "-p" in valued:
+            option, eq, value = "-p", "=", option[2:]
+        if option in flags:
+            if eq:
+                raise TcapError(f"tcap {name}: {option} takes no value")
+            options[option[2:].replace("-", "_")] = True
+        elif option in valued:
+            if not eq:
+                index += 1
+                if index >= len(args):
+                    raise TcapError(f"tcap {name}: {option} needs a value")
+                value = args[index]
+            dest = valued[option]
+            if dest == "set":
+                options["set"].append(value)  # type: ignore[attr-defined]
+            else:
+                options[dest] = value
+        else:
+            from tcap.profiles import did_you_mean
+
+            known = [*valued, *flags]
+            raise TcapError(f"tcap {name}: unknown option {option}{did_you_mean(option, known)}")
+        index += 1
+    rest = args[index:]
+    if rest and not takes_command:
+        raise TcapError(f"tcap {name}: unexpected argument {rest[0]!r}")
+    return name, options, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run tcap; return the exit code (``run`` only returns on failure)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] in ("-h", "--help", "help"):
+            sys.stdout.write(USAGE)
+            return 0
+        if args and args[0] == "--version":
+            from tcap import __version__
+
+            print(f"tcap {__version__}")
+            return 0
+        name, options, rest = parse(args)
+        if options.get("help"):
+            sys.stdout.write(USAGE)
+            return 0
+        from tcap import commands
+
+        result: int = getattr(commands, name)(options, rest, os.environ)
+        return result
+    except TcapError as error:
+        sys.stderr.write(f"tcap: error: {error}\n")
+        return error.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as error:  # anything else is a bug in tcap: say so briefly
+        if os.environ.get("TCAP_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"tcap: error: internal error: {type(error).__name__}: {error} (set TCAP_DEBUG=1 for the traceback)\n"
+        )
+        return EXIT_INTERNAL
+

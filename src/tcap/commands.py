@@ -1,0 +1,156 @@
+"""The commands: each takes parsed options and returns an exit code.
+
+``run`` is the hot path: on a cache hit it reads machine facts, checks the
+cached recipe and execs, importing nothing beyond this module, ``cache``,
+``machine``, ``search`` and ``launch``.  Everything else (TOML, the plan,
+rendering) is imported only when needed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tcap.errors import TcapError
+from tcap.search import DEFAULT_PROFILE, is_path, search_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from tcap.machine import Machine
+    from tcap.plan import Overrides, Plan
+
+SHELLS = ("sh", "bash", "zsh", "fish")
+VERIFY_MODES = ("off", "warn", "strict", "enforce")
+
+
+def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap run``: resolve the plan, apply it and exec ``command``."""
+    if not command:
+        raise TcapError("tcap run: missing the command to run (tcap run [options] -- COMMAND ...)")
+    if options.get("dry_run"):
+        from tcap import launch, render
+
+        plan = build_plan(options, environ)[0]
+        sys.stdout.write(render.plan_text(plan, environ))
+        found = launch.find_command(command[0], launch.child_environ(recipe_of(plan), environ))
+        sys.stdout.write(f"\nwould exec: {render.command_line([found, *command[1:]])}\n")
+        return 0
+    from tcap import cache, launch
+    from tcap.machine import read_machine
+
+    machine = read_machine(environ=environ)
+    key = cache_key(options, environ, machine)
+    cache_file = cache.cache_file(environ)
+    recipe = cache.lookup(cache_file, key)
+    if recipe is None:
+        plan, depends = build_plan(options, environ, machine)
+        recipe = recipe_of(plan)
+        cache.store(cache_file, key, depends, recipe)
+    launch.execute(recipe, command, environ)
+
+
+def show(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap show``: the resolved plan and why each value is what it is."""
+    from tcap import render
+
+    plan = build_plan(options, environ)[0]
+    if options.get("json"):
+        sys.stdout.write(render.plan_json(plan, environ))
+    else:
+        sys.stdout.write(render.plan_text(plan, environ))
+    return 0
+
+
+def env(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap env``: the plan's variables as shell commands."""
+    from tcap import render
+
+    shell = options.get("shell") or os.path.basename(environ.get("SHELL", "")) or "sh"
+    if shell not in SHELLS:
+        if options.get("shell"):
+            raise TcapError(f"tcap env: --shell must be one of {', '.join(SHELLS)}, not {shell!r}")
+        shell = "sh"
+    plan = build_plan(options, environ)[0]
+    sys.stdout.write(render.env_script(plan, shell))
+    return 0
+
+
+def profiles(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap profiles``: every profile on the search path."""
+    from tcap import render
+    from tcap.profiles import list_profiles
+
+    listings = list_profiles(environ)
+    if options.get("json"):
+        sys.stdout.write(render.profiles_json(listings, search_path(environ)))
+    else:
+        sys.stdout.write(render.profiles_text(listings, search_path(environ)))
+    return 0
+
+
+def overrides_from(options: Mapping[str, Any]) -> Overrides:
+    """The flags as Overrides; malformed values are usage errors."""
+    from tcap.plan import Overrides
+
+    counts: dict[str, int | str | None] = {}
+    for key in ("threads", "blas", "openmp", "workers"):
+        value = options.get(key)
+        counts[key] = int(value) if isinstance(value, str) and value.isdigit() else value
+    verify = options.get("verify")
+    if verify is not None and verify not in VERIFY_MODES:
+        raise TcapError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
+    pairs = []
+    for item in options.get("set", []):
+        name, eq, value = item.partition("=")
+        if not eq or not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
+            raise TcapError(f"--set expects VAR=VALUE with a valid variable name, not {item!r}")
+        pairs.append((name, value))
+    return Overrides(
+        threads=counts["threads"],
+        blas=counts["blas"],
+        openmp=counts["openmp"],
+        workers=counts["workers"],
+        cpus=options.get("cpus"),
+        verify=verify,
+        env=tuple(pairs),
+    )
+
+
+def build_plan(
+    options: Mapping[str, Any], environ: Mapping[str, str], machine: Machine | None = None
+) -> tuple[Plan, list[tuple[str, Any]]]:
+    """Load the profile and resolve it: (plan, files it depended on)."""
+    from tcap.machine import read_machine
+    from tcap.plan import resolve, uses_physical
+    from tcap.profiles import load
+
+    overrides = overrides_from(options)
+    profile = load(options.get("profile") or DEFAULT_PROFILE, environ)
+    if machine is None or (machine.cores is None and uses_physical(profile, overrides)):
+        machine = read_machine(topology=uses_physical(profile, overrides), environ=environ)
+    return resolve(profile, machine, overrides), profile.depends
+
+
+def recipe_of(plan: Plan) -> dict[str, Any]:
+    """What a launch needs from a plan, as plain data (cached)."""
+    return {
+        "env": [[change.name, change.value] for change in plan.env],
+        "pin": None if plan.pin is None else list(plan.pin),
+        "verify": plan.verify,
+    }
+
+
+def cache_key(options: Mapping[str, Any], environ: Mapping[str, str], machine: Machine) -> tuple[Any, ...]:
+    """Everything besides profile files that decides a plan."""
+    spec = options.get("profile") or DEFAULT_PROFILE
+    if is_path(spec):
+        spec = os.path.abspath(spec)
+    flags = tuple(
+        (key, tuple(value) if isinstance(value, list) else value)
+        for key, value in sorted(options.items())
+        if key not in ("profile", "dry_run", "help")
+    )
+    return (spec, flags, tuple(d for _, d in search_path(environ)), machine.key())

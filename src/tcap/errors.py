@@ -1,0 +1,40 @@
+"""The one error type tcap raises, and the exit codes it maps to."""
+
+from __future__ import annotations
+
+#: Usage or configuration error: bad flag, bad TOML, unknown key, bad value,
+#: extends cycle, missing profile, CPUs outside the usable set.
+EXIT_USAGE = 2
+#: Any other failure of tcap itself before the command was started.
+EXIT_INTERNAL = 125
+#: The command was found but could not be executed.
+EXIT_NOT_EXECUTABLE = 126
+#: The command was not found.
+EXIT_NOT_FOUND = 127
+
+
+class TcapError(Exception):
+    """A failure reported to the user as one line, with an exit code.
+
+    ``path`` and ``line`` locate the problem in a file when there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int = EXIT_USAGE,
+        path: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.path = path
+        self.line = line
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
+        return where + self.message

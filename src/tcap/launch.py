@@ -1,0 +1,79 @@
+"""The side effects of a launch: environment, CPU affinity, exec.
+
+A recipe is the part of a Plan the launch needs, as plain data (it is what
+the plan cache stores): ``{"env": [[name, value-or-None], ...], "pin":
+[cpus] or None}``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from tcap.errors import EXIT_INTERNAL, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, TcapError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, NoReturn
+
+
+def child_environ(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the recipe's variables set and unset."""
+    env = dict(environ)
+    for name, value in recipe["env"]:
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
+    """Pin, then replace this process with ``argv``; raise TcapError on failure."""
+    env = child_environ(recipe, environ)
+    pin = recipe.get("pin")
+    if pin is not None:
+        try:
+            os.sched_setaffinity(0, pin)
+        except (OSError, AttributeError) as error:
+            raise TcapError(f"cannot pin to CPUs {pin}: {error}", code=EXIT_INTERNAL) from None
+    try:
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as error:
+        raise exec_error(argv[0], error) from None
+
+
+def exec_error(command: str, error: OSError) -> TcapError:
+    """Map a failed exec to env(1)'s exit codes with a hint."""
+    if error.errno == errno.ENOENT:
+        hint = "" if "/" in command else " (not on PATH)"
+        return TcapError(f"command not found: {command}{hint}", code=EXIT_NOT_FOUND)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return TcapError(f"permission denied: {command} (is it executable?)", code=EXIT_NOT_EXECUTABLE)
+    if error.errno == errno.ENOEXEC:
+        return TcapError(f"cannot execute {command}: exec format error (missing #! line?)", code=EXIT_NOT_EXECUTABLE)
+    if error.errno == errno.EISDIR:
+        return TcapError(f"cannot execute {command}: is a directory", code=EXIT_NOT_EXECUTABLE)
+    return TcapError(f"cannot execute {command}: {error.strerror}", code=EXIT_INTERNAL)
+
+
+def find_command(command: str, environ: Mapping[str, str]) -> str:
+    """Where ``command`` would be found, as exec would search (for --dry-run)."""
+    if "/" in command:
+        candidates = [command]
+    else:
+        candidates = [os.path.join(d or ".", command) for d in environ.get("PATH", os.defpath).split(":")]
+    denied = None
+    for candidate in candidates:
+        if os.path.isdir(candidate):
+            if "/" in command:
+                raise exec_error(command, OSError(errno.EISDIR, "is a directory"))
+            continue
+        if os.path.exists(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            denied = candidate
+    if denied is not None:
+        raise exec_error(command, OSError(errno.EACCES, "permission denied"))
+    raise exec_error(command, OSError(errno.ENOENT, "not found"))

@@ -1,0 +1,226 @@
+"""Machine facts: which CPUs this process may use, and how many it may keep busy.
+
+Read from the kernel's own files (``/proc``, ``/sys``) and Slurm's
+environment, never through psutil, because this runs in front of every
+launch.  Every reader takes a ``root`` so tests can point it at a fake
+filesystem.  A fact that cannot be read is ``None``, not a guess.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from tcap.cpuset import format_cpu_list, parse_cpu_list
+
+# This module is on the launch path: no dataclasses/typing at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class Machine:
+    """What the launcher knows about the CPUs it runs on.
+
+    ``allowed`` is the affinity mask (``None`` where the OS has none);
+    ``quota`` the CPU bandwidth limit from cgroups in CPUs (1.5 means
+    150 ms per 100 ms), with ``quota_source`` naming the file it came from;
+    ``slurm`` the CPUs Slurm allocated to this task; ``cores`` maps each
+    allowed CPU to its physical core (package, core id) when sysfs says.
+    """
+
+    __slots__ = ("allowed", "quota", "quota_source", "slurm", "slurm_source", "cores", "online")
+
+    def __init__(
+        self,
+        allowed: frozenset[int] | None,
+        quota: float | None = None,
+        quota_source: str | None = None,
+        slurm: int | None = None,
+        slurm_source: str | None = None,
+        cores: Mapping[int, tuple[int, int]] | None = None,
+        online: int | None = None,
+    ) -> None:
+        self.allowed = allowed
+        self.quota = quota
+        self.quota_source = quota_source
+        self.slurm = slurm
+        self.slurm_source = slurm_source
+        self.cores = cores
+        #: ``os.cpu_count()``, used only where there is no affinity mask.
+        self.online = online
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Machine({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Machine) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def key(self) -> tuple[object, ...]:
+        """A hashable, marshal-able summary (the plan cache keys on it)."""
+        cores = None if self.cores is None else tuple(sorted(self.cores.items()))
+        allowed = None if self.allowed is None else tuple(sorted(self.allowed))
+        return (allowed, self.quota, self.slurm, cores, self.online)
+
+
+def read_machine(
+    *,
+    topology: bool = False,
+    environ: Mapping[str, str] | None = None,
+    root: str = "/",
+) -> Machine:
+    """Read this process's machine facts; ``topology`` also reads core ids."""
+    environ = os.environ if environ is None else environ
+    allowed = read_affinity(root)
+    quota, quota_source = read_cgroup_quota(root)
+    slurm, slurm_source = read_slurm(environ)
+    cores = read_cores(allowed, root) if topology and allowed is not None else None
+    online = os.cpu_count() if allowed is None else None
+    return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, online)
+
+
+def read_affinity(root: str = "/") -> frozenset[int] | None:
+    """The CPUs this process may run on.
+
+    With the real root this is ``sched_getaffinity``; under a fake root it is
+    the ``Cpus_allowed_list`` line of ``proc/self/status``.
+    """
+    if root == "/" and hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    text = _read(root, "proc/self/status")
+    for line in (text or "").splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            try:
+                return parse_cpu_list(line.split(":", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def read_cgroup_quota(root: str = "/") -> tuple[float | None, str | None]:
+    """The tightest CPU quota over this process's cgroup and its ancestors.
+
+    cgroup v2 ``cpu.max`` ("max 100000" or "150000 100000") and v1
+    ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` (-1 means none).  The
+    process's cgroup comes from ``/proc/self/cgroup``; a limit set on any
+    ancestor applies too, so every level up to the mount is read.  Returns
+    (CPUs, file) or (None, None) when no quota applies or none is readable.
+    """
+    text = _read(root, "proc/self/cgroup")
+    if text is None:
+        return None, None
+    best: tuple[float | None, str | None] = (None, None)
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            mounts = ["sys/fs/cgroup", "sys/fs/cgroup/unified"]
+            reader = _read_v2
+        elif "cpu" in controllers.split(","):
+            mounts = ["sys/fs/cgroup/" + controllers, "sys/fs/cgroup/cpu", "sys/fs/cgroup/cpu,cpuacct"]
+            reader = _read_v1
+        else:
+            continue
+        for mount in dict.fromkeys(mounts):
+            for directory in _ancestors(path):
+                full = os.path.join(root, mount, directory)
+                found = reader(full)
+                if found is not None and (best[0] is None or found < best[0]):
+                    best = (found, os.path.join("/", mount, directory))
+    return best
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b`` -> ``["a/b", "a", ""]``: the cgroup and each level above it."""
+    parts = [p for p in path.strip().split("/") if p]
+    return ["/".join(parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _read_v2(directory: str) -> float | None:
+    text = _read(directory, "cpu.max")
+    if text is None:
+        return None
+    fields = text.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _read_v1(directory: str) -> float | None:
+    quota_text = _read(directory, "cpu.cfs_quota_us")
+    period_text = _read(directory, "cpu.cfs_period_us")
+    if quota_text is None or period_text is None:
+        return None
+    try:
+        quota, period = int(quota_text), int(period_text)
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def read_slurm(environ: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """CPUs Slurm allocated to this task, from its environment, or None."""
+    if "SLURM_JOB_ID" not in environ:
+        return None, None
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value), name
+    return None, None
+
+
+def read_cores(allowed: frozenset[int], root: str = "/") -> dict[int, tuple[int, int]] | None:
+    """Map each allowed CPU to its (package, core); None if sysfs lacks it."""
+    cores: dict[int, tuple[int, int]] = {}
+    for cpu in sorted(allowed):
+        base = os.path.join(root, f"sys/devices/system/cpu/cpu{cpu}/topology")
+        core = _read(base, "core_id")
+        package = _read(base, "physical_package_id")
+        if core is None or package is None:
+            return None
+        try:
+            cores[cpu] = (int(package), int(core))
+        except ValueError:
+            return None
+    return cores
+
+
+def _read(directory: str, name: str) -> str | None:
+    try:
+        with open(os.path.join(directory, name), encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def usable(machine: Machine, cpus: frozenset[int] | None) -> tuple[int, str]:
+    """How many CPUs a process pinned to ``cpus`` can keep busy, and why.
+
+    The smallest of: the CPU set, the cgroup quota (rounded up: a quota of
+    1.5 CPUs keeps 2 threads busy 75% of the time), Slurm's allocation.
+    """
+    reasons = []
+    if cpus is not None:
+        count = len(cpus)
+        reasons.append(f"{count} CPU{'s' if count != 1 else ''} in the set {format_cpu_list(cpus)}")
+    else:
+        count = machine.online or 1
+        reasons.append(f"{count} CPUs reported by the OS (no affinity mask)")
+    if machine.quota is not None:
+        limit = max(1, math.ceil(machine.quota))
+        reasons.append(f"cgroup quota {machine.quota:g} CPUs ({machine.quota_source}) -> {limit}")
+        count = min(count, limit)
+    if machine.slurm is not None:
+        reasons.append(f"Slurm {machine.slurm_source}={machine.slurm}")
+        count = min(count, machine.slurm)
+    return count, "; ".join(reasons)

@@ -1,0 +1,287 @@
+"""``resolve(profile, machine, overrides) -> Plan``: the pure core.
+
+No I/O here.  A Plan says which variables to set or unset, which CPUs to
+pin to, how many CPUs that leaves, and why each value is what it is.
+Precedence: flags > profile > inherited environment.  A flag for a general
+key (``--threads``, ``--blas``) also replaces the profile's more specific
+keys under it, so ``--threads 1`` really means one thread everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcap.cpuset import format_cpu_list, parse_cpu_spec
+from tcap.errors import TcapError
+from tcap.machine import Machine, usable
+from tcap.profiles import Origin, Profile, Setting, count_problem
+from tcap.variables import APIS, CAP_KEYS, VARIABLES, keys_for
+
+DEFAULT_VERIFY = "warn"
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line says, each ``None`` when not given."""
+
+    threads: int | str | None = None
+    blas: int | str | None = None
+    openmp: int | str | None = None
+    workers: int | str | None = None
+    cpus: str | None = None
+    verify: str | None = None
+    #: ``--set VAR=VAL`` in order given.
+    env: tuple[tuple[str, str], ...] = ()
+
+    def settings(self) -> dict[str, Setting]:
+        out = {}
+        for key in ("threads", *APIS, "workers", "cpus", "verify"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = Setting(value, Origin(f"flag --{key} {value}"))
+        return out
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    """Set ``name`` to ``value``, or unset it when ``value`` is None."""
+
+    name: str
+    value: str | None
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    profile_path: str
+    description: str
+    env: tuple[EnvChange, ...]
+    #: CPUs to pin to, or None to leave the affinity mask alone.
+    pin: tuple[int, ...] | None
+    #: The CPUs the program will run on (None when the OS has no mask).
+    cpu_set: tuple[int, ...] | None
+    cpus: int
+    cpus_why: str
+    physical: int | None
+    workers: int | None
+    #: The cap of every thread-count key (threads, blas, openmp, libraries).
+    caps: dict[str, int]
+    verify: str
+    #: Why each of cpus (the set), workers, verify and every cap is so.
+    why: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data (JSON and marshal friendly)."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["env"] = [[c.name, c.value, c.why] for c in self.env]
+        for key in ("pin", "cpu_set", "notes"):
+            data[key] = None if data[key] is None else list(data[key])
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Plan:
+        fields = dict(data)
+        fields["env"] = tuple(EnvChange(*item) for item in data["env"])
+        for key in ("pin", "cpu_set", "notes"):
+            fields[key] = None if data[key] is None else tuple(data[key])
+        return cls(**fields)
+
+
+def uses_physical(profile: Profile, overrides: Overrides) -> bool:
+    """Whether resolving needs the core topology (so the launcher reads it)."""
+    values = [s.value for s in profile.settings.values()]
+    values += [s.value for s in overrides.settings().values()]
+    return any(isinstance(v, str) and "physical" in v for v in values)
+
+
+def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
+    """Turn a merged profile, machine facts and flags into a Plan."""
+    notes: list[str] = []
+    settings = _apply_flags(profile.settings, overrides, notes)
+    why: dict[str, str] = {}
+
+    # The CPU set, then how many CPUs it leaves.
+    cpu_setting = settings.get("cpus")
+    pin, cpu_set = _cpu_set(cpu_setting, machine, notes)
+    why["cpu_set"] = "default: all usable CPUs" if cpu_setting is None else str(cpu_setting)
+    count, count_why = usable(machine, None if cpu_set is None else frozenset(cpu_set))
+    physical = None
+    if machine.cores is not None and cpu_set is not None:
+        physical = len({machine.cores[c] for c in cpu_set if c in machine.cores})
+    facts = {"cpus": count, "physical": physical if physical is not None else count}
+    if physical is None and any(isinstance(s.value, str) and "physical" in s.value for s in settings.values()):
+        notes.append("the physical core count is unknown here; `physical` stands for the usable CPU count")
+
+    def number(key: str) -> tuple[int, str] | None:
+        setting = settings.get(key)
+        if setting is None:
+            return None
+        return _evaluate(setting, facts)
+
+    workers_value = number("workers")
+    workers = workers_value[0] if workers_value else None
+    if workers_value:
+        why["workers"] = workers_value[1]
+    if workers:
+        default = max(1, count // workers)
+        default_why = f"default: cpus / workers = {count} / {workers} -> {default}"
+    else:
+        default, default_why = count, f"default: the usable CPUs ({count})"
+
+    explicit = {key: found for key in CAP_KEYS if (found := number(key)) is not None}
+
+    def cap(keys: tuple[str, ...]) -> tuple[int, str]:
+        return next((explicit[k] for k in keys if k in explicit), (default, default_why))
+
+    caps: dict[str, int] = {}
+    for key in ("threads", *APIS):
+        caps[key], why[key] = cap((key, "threads"))
+    env: list[EnvChange] = []
+    for variable in VARIABLES:
+        if variable.basis == "workers":
+            value, reason = (workers, why["workers"]) if workers else (count, f"the usable CPUs ({count})")
+        else:
+            value, reason = cap(keys_for(variable))
+            caps[variable.library], why[variable.library] = value, reason
+        env.append(EnvChange(variable.name, str(value), reason))
+
+    extra = dict(profile.env)
+    for name, value in overrides.env:
+        extra[name] = Setting(value, Origin(f"flag --set {name}={value}"))
+    by_name = {change.name: i for i, change in enumerate(env)}
+    for name, setting in extra.items():
+        change = EnvChange(name, setting.value, str(setting))
+        if name in by_name:
+            env[by_name[name]] = change
+        else:
+            env.append(change)
+
+    verify_setting = settings.get("verify")
+    verify = DEFAULT_VERIFY if verify_setting is None else str(verify_setting.value)
+    why["verify"] = "default" if verify_setting is None else str(verify_setting)
+
+    return Plan(
+        profile=profile.name,
+        profile_path=profile.path,
+        description=profile.description,
+        env=tuple(env),
+        pin=pin,
+        cpu_set=cpu_set,
+        cpus=count,
+        cpus_why=count_why,
+        physical=physical,
+        workers=workers,
+        caps=caps,
+        verify=verify,
+        why=why,
+        notes=tuple(notes),
+    )
+
+
+def _apply_flags(profile_settings: Mapping[str, Setting], overrides: Overrides, notes: list[str]) -> dict[str, Setting]:
+    settings = dict(profile_settings)
+    flags = overrides.settings()
+    for key, setting in flags.items():
+        if key in CAP_KEYS or key == "workers":
+            problem = count_problem(setting.value)
+            if problem:
+                raise TcapError(f"--{key}: {problem}")
+        if key == "cpus":
+            try:
+                parse_cpu_spec(str(setting.value))
+            except ValueError as error:
+                raise TcapError(f"--cpus: {error}") from None
+        # A general flag replaces the profile's more specific keys under it.
+        if key in ("threads", *APIS):
+            for narrower in _narrower(key):
+                dropped = settings.pop(narrower, None)
+                if dropped is not None and narrower not in flags:
+                    notes.append(f"{setting.origin} replaces {dropped.origin} = {dropped.value!r}")
+        settings[key] = setting
+    return settings
+
+
+def _narrower(key: str) -> list[str]:
+    """Cap keys more specific than ``key``."""
+    if key == "threads":
+        return [k for k in CAP_KEYS if k != "threads"]
+    return [v.library for v in VARIABLES if v.api == key and v.library != key]
+
+
+def _evaluate(setting: Setting, facts: Mapping[str, int]) -> tuple[int, str]:
+    value = setting.value
+    if isinstance(value, int):
+        return value, str(setting)
+    from tcap.expr import Expr, ExprError
+
+    try:
+        result = Expr(value).evaluate(facts)
+    except ExprError as error:
+        origin = setting.origin
+        raise TcapError(f"{origin.key or origin.source}: {error}", path=_path(origin), line=origin.line) from None
+    shown = ", ".join(f"{k}={v}" for k, v in facts.items() if k in value)
+    return result, f"{setting} -> {result} ({shown})"
+
+
+def _path(origin: Origin) -> str | None:
+    return None if origin.source.startswith("flag ") else origin.source
+
+
+def _cpu_set(
+    setting: Setting | None, machine: Machine, notes: list[str]
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """(CPUs to pin to or None, the CPUs the program will have)."""
+    allowed = machine.allowed
+    current = None if allowed is None else tuple(sorted(allowed))
+    if setting is None:
+        return None, current
+    kind, argument = parse_cpu_spec(str(setting.value))
+    if kind == "all":
+        return None, current
+
+    def fail(message: str) -> TcapError:
+        origin = setting.origin
+        return TcapError(f"cpus: {message}", path=_path(origin), line=origin.line)
+
+    if allowed is None or current is None:
+        raise fail("this system has no CPU affinity mask to set; use cpus = \"all\"")
+    if kind == "list":
+        assert isinstance(argument, frozenset)
+        outside = argument - allowed
+        if outside:
+            raise fail(
+                f"CPU {format_cpu_list(outside)} outside the usable set {format_cpu_list(allowed)}"
+            )
+        chosen = tuple(sorted(argument))
+    elif kind == "first":
+        assert isinstance(argument, int)
+        if argument > len(current):
+            raise fail(f"first:{argument} asks for more than the {len(current)} usable CPUs ({format_cpu_list(allowed)})")
+        chosen = current[:argument]
+    else:  # physical
+        if machine.cores is None:
+            notes.append("cpus = \"physical\": the core topology is unknown here, so the CPUs are left as they are")
+            return None, current
+        seen: set[tuple[int, int]] = set()
+        picked = []
+        for cpu in current:
+            core = machine.cores.get(cpu)
+            if core is not None and core not in seen:
+                seen.add(core)
+                picked.append(cpu)
+        chosen = tuple(picked)
+    return (None if chosen == current else chosen), chosen
+
+
+def inherited_overrides(plan: Plan, environ: Mapping[str, str]) -> list[tuple[str, str, str | None]]:
+    """(variable, inherited value, new value or None) for each value tcap replaces."""
+    out = []
+    for change in plan.env:
+        old = environ.get(change.name)
+        if old is not None and old != change.value:
+            out.append((change.name, old, change.value))
+    return out

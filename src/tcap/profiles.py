@@ -1,0 +1,325 @@
+"""Finding, reading and validating profiles (one TOML file per profile).
+
+A profile's name is its file's stem.  ``-p NAME`` searches, in order:
+``$TCAP_PROFILE_PATH`` (colon-separated), ``$XDG_CONFIG_HOME/tcap/profiles``,
+``$TCAP_SITE_DIR/profiles`` (default ``/etc/tcap``) and the built-in
+profiles.  ``-p path/to/file.toml`` reads that file.  ``extends`` merges
+parents first; a profile that extends its own name gets the next profile of
+that name further down the search path.
+
+Nothing here imports tomllib until a file is actually read: the launcher's
+plan cache usually makes that unnecessary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcap.cache import signature
+from tcap.cpuset import CPU_SPEC_FORMS, parse_cpu_spec
+from tcap.errors import TcapError
+from tcap.search import is_path, search_path
+from tcap.variables import CAP_KEYS
+
+VERIFY_MODES = ("off", "warn", "strict", "enforce")
+TOP_KEYS = ("description", "extends", *CAP_KEYS, "workers", "cpus", "verify", "env")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# A file's identity for the plan cache (see tcap.cache.signature).
+Signature = tuple[int, int, int] | None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a setting came from: a file and line, or a flag."""
+
+    source: str
+    line: int | None = None
+    key: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where} {self.key}".rstrip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    origin: Origin
+
+    def __str__(self) -> str:
+        """Where it came from and what it says: ``file:3 blas = 1``."""
+        if self.origin.source.startswith("flag "):
+            return str(self.origin)
+        shown = "false" if self.value is None else repr(self.value)
+        return f"{self.origin} = {shown}"
+
+
+@dataclass
+class Profile:
+    """A profile with its ``extends`` chain merged in."""
+
+    name: str
+    path: str
+    description: str = ""
+    settings: dict[str, Setting] = field(default_factory=dict)
+    #: Extra variables: value is a string, or None to unset.
+    env: dict[str, Setting] = field(default_factory=dict)
+    #: Every file whose presence or content decided this profile.
+    depends: list[tuple[str, Signature]] = field(default_factory=list)
+
+
+def find(
+    name: str,
+    environ: Mapping[str, str],
+    depends: list[tuple[str, Signature]],
+    *,
+    below: str | None = None,
+) -> str | None:
+    """The file of profile ``name``, searching after directory ``below`` if given.
+
+    Records every candidate looked at in ``depends``: a file appearing
+    earlier on the path would change the answer.
+    """
+    dirs = [d for _, d in search_path(environ)]
+    if below is not None:
+        below = os.path.abspath(below)
+        absolute = [os.path.abspath(d) for d in dirs]
+        dirs = dirs[absolute.index(below) + 1:] if below in absolute else []
+    for directory in dirs:
+        candidate = os.path.join(directory, name + ".toml")
+        sig = signature(candidate)
+        depends.append((os.path.abspath(candidate), sig))
+        if sig is not None:
+            return candidate
+    return None
+
+
+def load(spec: str, environ: Mapping[str, str]) -> Profile:
+    """Load profile ``spec`` (a name or a path) with its parents merged."""
+    depends: list[tuple[str, Signature]] = []
+    if is_path(spec):
+        path = spec
+        depends.append((os.path.abspath(path), signature(path)))
+        if not os.path.exists(path):
+            raise TcapError(f"profile file not found: {path}")
+    else:
+        _check_name(spec, None)
+        found = find(spec, environ, depends)
+        if found is None:
+            raise TcapError(f"no profile named {spec!r} on the search path ({_path_text(environ)}); see `tcap profiles`")
+        path = found
+    profile = Profile(name=_stem(path), path=path, depends=depends)
+    _merge_file(profile, path, environ, stack=[])
+    return profile
+
+
+def _merge_file(profile: Profile, path: str, environ: Mapping[str, str], stack: list[str]) -> None:
+    real = os.path.realpath(path)
+    if real in stack:
+        cycle = " -> ".join(_stem(p) for p in [*stack[stack.index(real):], real])
+        raise TcapError(f"extends cycle: {cycle}", path=path, line=None)
+    data, text = read_toml(path)
+    validate(data, text, path)
+    parents = data.get("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    for parent in parents:
+        line = locate(text, None, "extends")
+        parent_path = _find_parent(parent, path, environ, profile.depends, line)
+        _merge_file(profile, parent_path, environ, [*stack, real])
+    for key, value in data.items():
+        if key in ("extends", "env"):
+            continue
+        origin = Origin(path, locate(text, None, key), key)
+        if key == "description":
+            profile.description = value
+        else:
+            profile.settings[key] = Setting(value, origin)
+    for name, value in data.get("env", {}).items():
+        origin = Origin(path, locate(text, "env", name), f"env.{name}")
+        profile.env[name] = Setting(None if value is False else str(value), origin)
+
+
+def _find_parent(
+    parent: str, child: str, environ: Mapping[str, str], depends: list[tuple[str, Signature]], line: int | None
+) -> str:
+    if is_path(parent):
+        full = os.path.join(os.path.dirname(child), parent)
+        depends.append((os.path.abspath(full), signature(full)))
+        if not os.path.exists(full):
+            raise TcapError(f"extends: profile file not found: {full}", path=child, line=line)
+        return full
+    _check_name(parent, child, line)
+    # A profile extending its own name means the one it shadows.
+    below = os.path.dirname(child) if parent == _stem(child) else None
+    found = find(parent, environ, depends, below=below)
+    if found is None:
+        where = "further down the search path" if below else "on the search path"
+        raise TcapError(f"extends: no profile named {parent!r} {where}", path=child, line=line)
+    return found
+
+
+def read_toml(path: str) -> tuple[dict[str, Any], str]:
+    """Parse one TOML file; errors carry the file and line."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise TcapError(f"cannot read profile: {error.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TcapError("not UTF-8 text", path=path) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        match = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        line = None
+        if match:
+            line = int(match.group(1))
+            message = message[: match.start()].rstrip() + f" (column {match.group(2)})"
+        elif message.endswith("(at end of document)"):
+            line = text.count("\n") + 1
+            message = message.replace(" (at end of document)", " (at end of file)")
+        raise TcapError(f"invalid TOML: {message}", path=path, line=line) from None
+
+
+def validate(data: Mapping[str, Any], text: str, path: str) -> None:
+    """Check every key and value of one profile file; raise on the first fault."""
+
+    def fail(message: str, key: str, table: str | None = None) -> TcapError:
+        return TcapError(message, path=path, line=locate(text, table, key))
+
+    for key, value in data.items():
+        if key not in TOP_KEYS:
+            raise fail(f"unknown key {key!r}{did_you_mean(key, TOP_KEYS)}", key)
+        if key == "description":
+            if not isinstance(value, str):
+                raise fail("description: expected a string", key)
+        elif key == "extends":
+            names = [value] if isinstance(value, str) else value
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+                raise fail("extends: expected a profile name or a list of names", key)
+        elif key in CAP_KEYS or key == "workers":
+            problem = count_problem(value)
+            if problem:
+                raise fail(f"{key}: {problem}", key)
+        elif key == "cpus":
+            if not isinstance(value, str):
+                raise fail(f"cpus: expected a string: {CPU_SPEC_FORMS}", key)
+            try:
+                parse_cpu_spec(value)
+            except ValueError as error:
+                raise fail(f"cpus: {error}", key) from None
+        elif key == "verify":
+            if value not in VERIFY_MODES:
+                raise fail(f"verify: expected one of {', '.join(VERIFY_MODES)}, not {value!r}", key)
+        elif key == "env":
+            if not isinstance(value, dict):
+                raise fail("env: expected a table ([env])", key)
+            for name, item in value.items():
+                if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                    raise fail(f"env: {name!r} is not a valid variable name", name, "env")
+                if item is True or not isinstance(item, (str, int, float, bool)):
+                    raise fail(f"env.{name}: expected a string, a number, or false to unset", name, "env")
+
+
+def count_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid thread count, or None if it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"expected an integer >= 1 or an expression string, not {value!r}"
+    if isinstance(value, int):
+        return None if value >= 1 else f"expected an integer >= 1, not {value}"
+    from tcap.expr import Expr, ExprError
+
+    try:
+        Expr(value)
+    except ExprError as error:
+        return str(error)
+    return None
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def locate(text: str, table: str | None, key: str) -> int | None:
+    """The line where ``key`` is assigned in ``[table]`` (None: top level)."""
+    current: str | None = None
+    pattern = re.compile(r'^\s*(?:"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+))\s*=')
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
+        if header:
+            current = header.group(1).strip("\"'")
+            if table is not None and current == table and key == table:
+                return number
+            continue
+        match = pattern.match(line)
+        if match and current == table:
+            name = next(g for g in match.groups() if g is not None)
+            if name == key:
+                return number
+    if table is None and key == "env":
+        return locate(text, "env", "env")
+    return None
+
+
+def _check_name(name: str, path: str | None, line: int | None = None) -> None:
+    if not NAME_RE.match(name):
+        raise TcapError(f"invalid profile name {name!r} (letters, digits, '.', '_', '-')", path=path, line=line)
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path)
+    return base[:-5] if base.endswith(".toml") else base
+
+
+def _path_text(environ: Mapping[str, str]) -> str:
+    return ", ".join(d for _, d in search_path(environ))
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One profile file on the search path, for ``tcap profiles``."""
+
+    name: str
+    path: str
+    source: str
+    description: str
+    shadowed_by: str | None
+    error: str | None
+
+
+def list_profiles(environ: Mapping[str, str]) -> list[Listing]:
+    """Every profile file on the search path, in search order."""
+    seen: dict[str, str] = {}
+    listings = []
+    for label, directory in search_path(environ):
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".toml"))
+        except OSError:
+            continue
+        for filename in names:
+            path = os.path.join(directory, filename)
+            name = _stem(path)
+            description, error = "", None
+            try:
+                data, text = read_toml(path)
+                validate(data, text, path)
+                description = data.get("description", "")
+            except TcapError as problem:
+                error = str(problem)
+            listings.append(Listing(name, path, label, description, seen.get(name), error))
+            seen.setdefault(name, path)
+    return listings

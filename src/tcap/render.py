@@ -1,0 +1,114 @@
+"""Text, JSON and shell renderings of plans and profile listings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from tcap.cpuset import format_cpu_list
+from tcap.plan import Plan, inherited_overrides
+from tcap.profiles import Listing
+
+
+def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
+    """The plan as ``tcap show`` prints it: every value and why."""
+    replaced = {name: old for name, old, _ in inherited_overrides(plan, environ)}
+    lines = [f"profile   {plan.profile}  ({plan.profile_path})"]
+    if plan.description:
+        lines.append(f"          {plan.description}")
+    lines.append(f"cpus      {plan.cpus}  ({plan.cpus_why})")
+    if plan.cpu_set is not None:
+        pinned = f"pinned to {format_cpu_list(plan.pin)}" if plan.pin is not None else "affinity left as it is"
+        lines.append(f"cpu set   {format_cpu_list(plan.cpu_set)}  ({pinned}; {plan.why['cpu_set']})")
+    if plan.physical is not None:
+        lines.append(f"physical  {plan.physical} cores in the set")
+    if plan.workers is not None:
+        lines.append(f"workers   {plan.workers}  ({plan.why['workers']})")
+    lines.append(f"verify    {plan.verify}  ({plan.why['verify']})")
+    lines.append("")
+    width = max(len(change.name) for change in plan.env)
+    lines.append(f"{'VARIABLE'.ljust(width)}  {'VALUE':<6}  WHY")
+    for change in plan.env:
+        value = "(unset)" if change.value is None else change.value
+        why = change.why
+        if change.name in replaced:
+            why += f"  [replaces inherited {change.name}={replaced[change.name]}]"
+        lines.append(f"{change.name.ljust(width)}  {value:<6}  {why}")
+    for note in plan.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def plan_json(plan: Plan, environ: Mapping[str, str]) -> str:
+    data = plan.to_data()
+    data["inherited_overrides"] = [
+        {"name": name, "inherited": old, "value": new} for name, old, new in inherited_overrides(plan, environ)
+    ]
+    return json.dumps(data, indent=2) + "\n"
+
+
+def quote(value: str, shell: str) -> str:
+    """``value`` as one literal word for ``shell``; nothing in it is expanded."""
+    if shell == "fish":
+        # In fish single quotes only \\ and \' are special.
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # POSIX shells, bash and zsh: nothing is special inside single quotes.
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def env_script(plan: Plan, shell: str) -> str:
+    """Commands that set the plan's variables in ``shell``."""
+    lines = [f"# tcap env: profile {plan.profile} ({plan.cpus} usable CPUs)"]
+    if plan.pin is not None:
+        cpus = format_cpu_list(plan.pin)
+        lines.append(f"# this plan pins to CPUs {cpus}; a shell cannot do that for itself: use `taskset -c {cpus} CMD`")
+    for change in plan.env:
+        if change.value is None:
+            lines.append(f"set -e {change.name}" if shell == "fish" else f"unset {change.name}")
+        elif shell == "fish":
+            lines.append(f"set -gx {change.name} {quote(change.value, shell)}")
+        else:
+            lines.append(f"export {change.name}={quote(change.value, shell)}")
+    return "\n".join(lines) + "\n"
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """``argv`` as a POSIX shell would need it typed."""
+    import shlex
+
+    return shlex.join(argv)
+
+
+def profiles_text(listings: Sequence[Listing], dirs: Sequence[tuple[str, str]]) -> str:
+    lines = ["search path:"]
+    lines += [f"  {label:<17} {directory}" for label, directory in dirs]
+    lines.append("")
+    if not listings:
+        return "\n".join([*lines, "no profiles found"]) + "\n"
+    width = max(len(item.name) for item in listings)
+    for item in listings:
+        text = item.description or "(no description)"
+        if item.error:
+            text = f"BROKEN: {item.error}"
+        if item.shadowed_by:
+            text += f"  [shadowed by {item.shadowed_by}]"
+        lines.append(f"{item.name.ljust(width)}  {item.source:<17} {text}")
+    return "\n".join(lines) + "\n"
+
+
+def profiles_json(listings: Sequence[Listing], dirs: Sequence[tuple[str, str]]) -> str:
+    data = {
+        "search_path": [{"source": label, "path": directory} for label, directory in dirs],
+        "profiles": [
+            {
+                "name": item.name,
+                "path": item.path,
+                "source": item.source,
+                "description": item.description,
+                "shadowed_by": item.shadowed_by,
+                "error": item.error,
+            }
+            for item in listings
+        ],
+    }
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,138 @@
+"""The table of thread-count variables tcap sets, as data.
+
+Everything else is derived from ``VARIABLES``: the profile keys that are
+accepted, the plan's environment, ``tcap show``, the docs' variable table and
+the tests' parameters.  Adding a variable is one row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Profile keys that name a user API (the grouping threadpoolctl uses).
+APIS = ("blas", "openmp")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable that sizes a thread pool.
+
+    ``library`` is the profile key for that library alone; ``api`` the
+    per-API key that also covers it (``None`` when no API groups it).
+    ``basis`` says what the value is derived from: ``"threads"`` for a
+    thread cap, ``"workers"`` for a limit on worker processes.
+    """
+
+    name: str
+    library: str
+    api: str | None
+    basis: str = "threads"
+    #: threadpoolctl ``internal_api`` of the pool this variable sizes, if any.
+    internal_api: str | None = None
+    #: Variables the library reads instead when this one is unset.
+    fallbacks: tuple[str, ...] = ()
+    #: Variables this one takes precedence over when both are set.
+    wins_over: tuple[str, ...] = ()
+    #: True when the library never starts more threads than the CPUs in the
+    #: affinity mask, False when it starts as many as asked, None if unknown.
+    clamps_to_affinity: bool | None = None
+    notes: str = ""
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "OMP_NUM_THREADS", "openmp", "openmp", internal_api="openmp",
+        clamps_to_affinity=False,
+        notes="Every OpenMP runtime (libgomp, libomp, Intel's libiomp). libgomp "
+        "starts as many threads as asked even on fewer CPUs. An OpenBLAS "
+        "built with OpenMP reads only this variable.",
+    ),
+    Variable(
+        "OPENBLAS_NUM_THREADS", "openblas", "blas", internal_api="openblas",
+        fallbacks=("GOTO_NUM_THREADS", "OMP_NUM_THREADS"),
+        clamps_to_affinity=True,
+        notes="pthreads builds of OpenBLAS (numpy and scipy wheels). Unset, "
+        "OpenBLAS falls back to GOTO_NUM_THREADS, then OMP_NUM_THREADS; it "
+        "never starts more threads than the CPUs in its affinity mask.",
+    ),
+    Variable(
+        "GOTO_NUM_THREADS", "openblas", "blas", internal_api="openblas",
+        notes="GotoBLAS's old name, still read by OpenBLAS when "
+        "OPENBLAS_NUM_THREADS is unset.",
+    ),
+    Variable(
+        "MKL_NUM_THREADS", "mkl", "blas", internal_api="mkl",
+        fallbacks=("OMP_NUM_THREADS",), wins_over=("OMP_NUM_THREADS",),
+        notes="Intel MKL. Its own variable wins over OMP_NUM_THREADS.",
+    ),
+    Variable(
+        "VECLIB_MAXIMUM_THREADS", "veclib", "blas",
+        notes="Apple Accelerate (vecLib) on macOS.",
+    ),
+    Variable(
+        "BLIS_NUM_THREADS", "blis", "blas", internal_api="blis",
+        fallbacks=("OMP_NUM_THREADS",),
+        notes="BLIS; falls back to OMP_NUM_THREADS when unset.",
+    ),
+    Variable(
+        "NUMEXPR_NUM_THREADS", "numexpr", None,
+        fallbacks=("OMP_NUM_THREADS",),
+        notes="numexpr's working threads; falls back to OMP_NUM_THREADS.",
+    ),
+    Variable(
+        "NUMEXPR_MAX_THREADS", "numexpr", None,
+        notes="numexpr's pool size; it must not be below NUMEXPR_NUM_THREADS.",
+    ),
+    Variable(
+        "NUMBA_NUM_THREADS", "numba", None,
+        notes="Numba's parallel=True pool, fixed when numba is first imported.",
+    ),
+    Variable(
+        "POLARS_MAX_THREADS", "polars", None,
+        notes="Polars' rayon pool, fixed when polars is first imported.",
+    ),
+    Variable(
+        "RAYON_NUM_THREADS", "rayon", None,
+        notes="Any Rust extension using rayon's global pool.",
+    ),
+    Variable(
+        "TF_NUM_INTRAOP_THREADS", "tensorflow", None,
+        notes="TensorFlow threads inside one operation.",
+    ),
+    Variable(
+        "TF_NUM_INTEROP_THREADS", "tensorflow", None,
+        notes="TensorFlow threads running independent operations.",
+    ),
+    Variable(
+        "BLOSC_NTHREADS", "blosc", None,
+        notes="c-blosc compression threads (PyTables, zarr, bcolz).",
+    ),
+    Variable(
+        "LOKY_MAX_CPU_COUNT", "loky", None, basis="workers",
+        notes="The CPU count joblib/loky uses for n_jobs=-1; tcap holds it to "
+        "`workers`, or the usable CPUs when workers is not set.",
+    ),
+)
+
+#: Per-library profile keys, in table order.
+LIBRARIES: tuple[str, ...] = tuple(dict.fromkeys(v.library for v in VARIABLES if v.library not in APIS))
+
+#: Every key that takes a thread count, most general first.
+CAP_KEYS: tuple[str, ...] = ("threads", *APIS, *LIBRARIES)
+
+
+def by_name(name: str) -> Variable | None:
+    """The table row for ``name``, or ``None``."""
+    for variable in VARIABLES:
+        if variable.name == name:
+            return variable
+    return None
+
+
+def keys_for(variable: Variable) -> tuple[str, ...]:
+    """The profile keys that can size ``variable``, most specific first."""
+    keys = [variable.library]
+    if variable.api is not None and variable.api != variable.library:
+        keys.append(variable.api)
+    keys.append("threads")
+    return tuple(keys)
