@@ -83,21 +83,24 @@ def store(path: str | None, key: tuple[Any, ...], depends: list[tuple[str, Any]]
     """Add an entry, keeping the newest MAX_ENTRIES; failures are ignored."""
     if path is None:
         return
+    temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         entries = _read_all(path)
         entries.pop(key, None)
         entries[key] = (tuple(depends), recipe)
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
-        temporary = f"{path}.{os.getpid()}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as f:
             marshal.dump(entries, f)
         os.replace(temporary, path)
     except (OSError, ValueError):
-        try:
-            os.unlink(temporary)
-        except (OSError, UnboundLocalError):
-            pass
+        _unlink(temporary)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

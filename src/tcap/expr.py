@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Union
+from typing import Any, Union
 
 #: Names an expression may use.
 NAMES = ("cpus", "physical")
 FUNCTIONS = ("min", "max")
 
 # A parsed expression: an int, a name, or (operator, operand, ...).
-Node = Union[int, str, tuple["str", ...]]
+Node = Union[int, str, tuple[Any, ...]]
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(.))")
 
@@ -80,7 +80,7 @@ class Expr:
                 self._next()
                 args.append(self._sum())
             self._expect(")")
-            return (token, *args)  # type: ignore[return-value]
+            return (token, *args)
         if token in NAMES:
             self.names.add(token)
             return token
@@ -108,11 +108,8 @@ def _tokenize(text: str) -> list[str]:
     tokens = []
     for match in _TOKEN.finditer(text):
         token = next((g for g in match.groups() if g is not None), None)
-        if token is None:
-            continue
-        if token.isspace():
-            continue
-        tokens.append(token)
+        if token is not None:
+            tokens.append(token)
     if not tokens:
         raise ExprError("empty expression")
     return tokens
@@ -127,7 +124,7 @@ def _evaluate(node: Node, facts: Mapping[str, int]) -> Fraction:
             raise ExprError(f"{node} is not known on this machine")
         return Fraction(value)
     op, *args = node
-    values = [_evaluate(arg, facts) for arg in args]  # type: ignore[arg-type]
+    values = [_evaluate(arg, facts) for arg in args]
     if op == "neg":
         return -values[0]
     if op == "min":

@@ -36,12 +36,28 @@ def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str
     if pin is not None:
         try:
             os.sched_setaffinity(0, pin)
-        except (OSError, AttributeError) as error:
-            raise TcapError(f"cannot pin to CPUs {pin}: {error}", code=EXIT_INTERNAL) from None
-    try:
-        os.execvpe(argv[0], list(argv), env)
-    except OSError as error:
-        raise exec_error(argv[0], error) from None
+        except (OSError, AttributeError) as failure:
+            raise TcapError(f"cannot pin to CPUs {pin}: {failure}", code=EXIT_INTERNAL) from None
+    command = argv[0]
+    first: OSError | None = None
+    # execvpe's own PATH search imports warnings (os.get_exec_path); this
+    # loop does the same search, keeping the first "permission denied".
+    for candidate in _candidates(command, env):
+        try:
+            os.execve(candidate, list(argv), env)
+        except OSError as failure:
+            if first is None or (first.errno == errno.ENOENT and failure.errno != errno.ENOENT):
+                first = failure
+            if failure.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EISDIR):
+                break
+    raise exec_error(command, first or OSError(errno.ENOENT, "not found"))
+
+
+def _candidates(command: str, environ: Mapping[str, str]) -> list[str]:
+    if "/" in command:
+        return [command]
+    path = environ.get("PATH", os.defpath)
+    return [os.path.join(directory or ".", command) for directory in path.split(":")]
 
 
 def exec_error(command: str, error: OSError) -> TcapError:
@@ -60,12 +76,8 @@ def exec_error(command: str, error: OSError) -> TcapError:
 
 def find_command(command: str, environ: Mapping[str, str]) -> str:
     """Where ``command`` would be found, as exec would search (for --dry-run)."""
-    if "/" in command:
-        candidates = [command]
-    else:
-        candidates = [os.path.join(d or ".", command) for d in environ.get("PATH", os.defpath).split(":")]
     denied = None
-    for candidate in candidates:
+    for candidate in _candidates(command, environ):
         if os.path.isdir(candidate):
             if "/" in command:
                 raise exec_error(command, OSError(errno.EISDIR, "is a directory"))

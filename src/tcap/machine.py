@@ -8,7 +8,6 @@ filesystem.  A fact that cannot be read is ``None``, not a guess.
 
 from __future__ import annotations
 
-import math
 import os
 
 from tcap.cpuset import format_cpu_list, parse_cpu_list
@@ -197,8 +196,8 @@ def read_cores(allowed: frozenset[int], root: str = "/") -> dict[int, tuple[int,
 
 def _read(directory: str, name: str) -> str | None:
     try:
-        with open(os.path.join(directory, name), encoding="ascii", errors="replace") as f:
-            return f.read().strip()
+        with open(os.path.join(directory, name), "rb") as f:
+            return f.read().decode("ascii", "replace").strip()
     except OSError:
         return None
 
@@ -217,7 +216,7 @@ def usable(machine: Machine, cpus: frozenset[int] | None) -> tuple[int, str]:
         count = machine.online or 1
         reasons.append(f"{count} CPUs reported by the OS (no affinity mask)")
     if machine.quota is not None:
-        limit = max(1, math.ceil(machine.quota))
+        limit = max(1, -int(-machine.quota // 1))  # ceil, without importing math
         reasons.append(f"cgroup quota {machine.quota:g} CPUs ({machine.quota_source}) -> {limit}")
         count = min(count, limit)
     if machine.slurm is not None:

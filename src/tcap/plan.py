@@ -150,8 +150,8 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
         env.append(EnvChange(variable.name, str(value), reason))
 
     extra = dict(profile.env)
-    for name, value in overrides.env:
-        extra[name] = Setting(value, Origin(f"flag --set {name}={value}"))
+    for name, text in overrides.env:
+        extra[name] = Setting(text, Origin(f"flag --set {name}={text}"))
     by_name = {change.name: i for i, change in enumerate(env)}
     for name, setting in extra.items():
         change = EnvChange(name, setting.value, str(setting))
@@ -260,7 +260,8 @@ def _cpu_set(
     elif kind == "first":
         assert isinstance(argument, int)
         if argument > len(current):
-            raise fail(f"first:{argument} asks for more than the {len(current)} usable CPUs ({format_cpu_list(allowed)})")
+            usable_text = f"{len(current)} usable CPUs ({format_cpu_list(allowed)})"
+            raise fail(f"first:{argument} asks for more than the {usable_text}")
         chosen = current[:argument]
     else:  # physical
         if machine.cores is None:

@@ -111,7 +111,8 @@ def load(spec: str, environ: Mapping[str, str]) -> Profile:
         _check_name(spec, None)
         found = find(spec, environ, depends)
         if found is None:
-            raise TcapError(f"no profile named {spec!r} on the search path ({_path_text(environ)}); see `tcap profiles`")
+            searched = _path_text(environ)
+            raise TcapError(f"no profile named {spec!r} on the search path ({searched}); see `tcap profiles`")
         path = found
     profile = Profile(name=_stem(path), path=path, depends=depends)
     _merge_file(profile, path, environ, stack=[])
