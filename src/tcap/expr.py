@@ -20,7 +20,7 @@ FUNCTIONS = ("min", "max")
 # A parsed expression: an int, a name, or (operator, operand, ...).
 Node = Union[int, str, tuple[Any, ...]]
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(.))")
+_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(\S))")
 
 
 class ExprError(ValueError):

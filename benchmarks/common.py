@@ -1,0 +1,56 @@
+"""Shared helpers for tcap's benchmarks: interleaved timing and summaries."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+
+def timed_run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> float:
+    """Wall time of one run of ``argv`` (seconds); a failure is an error."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def interleave(
+    cases: Mapping[str, Callable[[], float]], rounds: int, warmup: int = 3, seed: int = 0
+) -> dict[str, list[float]]:
+    """Run every case once per round, in a shuffled order each round."""
+    rng = random.Random(seed)
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            samples[name].append(cases[name]())
+    return samples
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0))
+    return f"{model}, {cpus} usable CPUs, Linux {platform.release()}, Python {platform.python_version()}"

@@ -1,0 +1,39 @@
+"""`make bench`: run every benchmark and write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import launcher  # noqa: E402
+from common import machine_description  # noqa: E402
+
+INTRO = """\
+# Benchmarks
+
+Written by `make bench` (benchmarks/run.py); do not edit by hand. The machine is
+noisy, so every comparison below is measured side by side in one run, with cases
+interleaved, and quoted as medians with their range.
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--rounds", type=int, default=60)
+    args = parser.parse_args()
+    sections = [launcher.run(args.rounds)]
+    today = datetime.date.today().isoformat()
+    text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
