@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-TASKS = 8
+TASKS = 6
 WORKERS = 2
 
 
@@ -23,7 +23,7 @@ def fit(seed: int) -> tuple[int, dict[str, int], int]:
     from threadpoolctl import threadpool_info
 
     rng = np.random.default_rng(seed)
-    data = rng.standard_normal((20_000, 40))
+    data = rng.standard_normal((15_000, 40))
     KMeans(n_clusters=16, n_init=3, random_state=seed).fit(data)
     pools: dict[str, int] = {}
     for pool in threadpool_info():

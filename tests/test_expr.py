@@ -101,9 +101,8 @@ def test_unknown_fact_raises():
 def test_rejected(text):
     with mock.patch("builtins.eval", side_effect=AssertionError("eval called")), \
          mock.patch("builtins.exec", side_effect=AssertionError("exec called")), \
-         mock.patch("builtins.__import__", wraps=__import__) as imported:
-        with pytest.raises(ExprError):
-            Expr(text).evaluate(FACTS)
+         mock.patch("builtins.__import__", wraps=__import__) as imported, pytest.raises(ExprError):
+        Expr(text).evaluate(FACTS)
     assert not any(call.args and call.args[0] == "os" for call in imported.call_args_list)
 
 
@@ -194,7 +193,8 @@ def test_unparenthesised_rendering_follows_precedence(tree):
         return
     text = f"{render(left)} {op} {render(right)} * 2 + 1"
     try:
-        expected = reference(("+", (op, left, ("*", right, 2)) if op in "+-" else ("*", (op, left, right), 2), 1), facts)
+        tree = (op, left, ("*", right, 2)) if op in "+-" else ("*", (op, left, right), 2)
+        expected = reference(("+", tree, 1), facts)
     except DivisionByZero:
         with pytest.raises(ExprError):
             Expr(text).evaluate(facts)

@@ -73,9 +73,12 @@ def lookup(path: str | None, key: tuple[Any, ...]) -> Any:
     if not isinstance(entry, tuple) or len(entry) != 2:
         return None
     depends, recipe = entry
-    for dep_path, sig in depends:
-        if signature(dep_path) != sig:
-            return None
+    try:
+        for dep_path, sig in depends:
+            if not isinstance(dep_path, str) or signature(dep_path) != sig:
+                return None
+    except (TypeError, ValueError):  # a malformed entry is a miss
+        return None
     return recipe
 
 

@@ -34,8 +34,8 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
         from tcap import launch, render
 
         plan = build_plan(options, environ)[0]
-        sys.stdout.write(render.plan_text(plan, environ))
         found = launch.find_command(command[0], launch.child_environ(recipe_of(plan), environ))
+        sys.stdout.write(render.plan_text(plan, environ))
         sys.stdout.write(f"\nwould exec: {render.command_line([found, *command[1:]])}\n")
         return 0
     from tcap import cache, launch

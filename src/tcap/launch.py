@@ -46,6 +46,8 @@ def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str
         try:
             os.execve(candidate, list(argv), env)
         except OSError as failure:
+            if failure.errno == errno.EACCES and os.path.isdir(candidate):
+                failure = OSError(errno.EISDIR, "is a directory")
             if first is None or (first.errno == errno.ENOENT and failure.errno != errno.ENOENT):
                 first = failure
             if failure.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EISDIR):

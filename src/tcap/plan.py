@@ -112,7 +112,9 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
     physical = None
     if machine.cores is not None and cpu_set is not None:
         physical = len({machine.cores[c] for c in cpu_set if c in machine.cores})
-    facts = {"cpus": count, "physical": physical if physical is not None else count}
+    # One thread per core, but never more than the usable CPUs (a cgroup quota
+    # or Slurm allocation smaller than the core count still applies).
+    facts = {"cpus": count, "physical": min(physical, count) if physical is not None else count}
     if physical is None and any(isinstance(s.value, str) and "physical" in s.value for s in settings.values()):
         notes.append("the physical core count is unknown here; `physical` stands for the usable CPU count")
 

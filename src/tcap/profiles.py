@@ -121,9 +121,7 @@ def load(spec: str, environ: Mapping[str, str]) -> Profile:
 
 def _merge_file(profile: Profile, path: str, environ: Mapping[str, str], stack: list[str]) -> None:
     real = os.path.realpath(path)
-    if real in stack:
-        cycle = " -> ".join(_stem(p) for p in [*stack[stack.index(real):], real])
-        raise TcapError(f"extends cycle: {cycle}", path=path, line=None)
+    stack = [*stack, real]
     data, text = read_toml(path)
     validate(data, text, path)
     parents = data.get("extends", [])
@@ -132,7 +130,11 @@ def _merge_file(profile: Profile, path: str, environ: Mapping[str, str], stack: 
     for parent in parents:
         line = locate(text, None, "extends")
         parent_path = _find_parent(parent, path, environ, profile.depends, line)
-        _merge_file(profile, parent_path, environ, [*stack, real])
+        parent_real = os.path.realpath(parent_path)
+        if parent_real in stack:
+            cycle = " -> ".join(_stem(p) for p in [*stack[stack.index(parent_real):], parent_real])
+            raise TcapError(f"extends cycle: {cycle}", path=path, line=line)
+        _merge_file(profile, parent_path, environ, stack)
     for key, value in data.items():
         if key in ("extends", "env"):
             continue
@@ -262,8 +264,11 @@ def locate(text: str, table: str | None, key: str) -> int | None:
     for number, line in enumerate(text.splitlines(), 1):
         header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
         if header:
-            current = header.group(1).strip("\"'")
+            current = header.group(1).lstrip("[ ").strip("\"'")
             if table is not None and current == table and key == table:
+                return number
+            # A top-level key written as a table: [key], [key.sub] or [[key]].
+            if table is None and (current == key or current.startswith(key + ".")):
                 return number
             continue
         match = pattern.match(line)

@@ -114,8 +114,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
 )
 
-#: Per-library profile keys, in table order.
-LIBRARIES: tuple[str, ...] = tuple(dict.fromkeys(v.library for v in VARIABLES if v.library not in APIS))
+#: Per-library profile keys, in table order.  Variables sized from
+#: ``workers`` (loky) have no key of their own: ``workers`` decides them.
+LIBRARIES: tuple[str, ...] = tuple(
+    dict.fromkeys(v.library for v in VARIABLES if v.library not in APIS and v.basis == "threads")
+)
 
 #: Every key that takes a thread count, most general first.
 CAP_KEYS: tuple[str, ...] = ("threads", *APIS, *LIBRARIES)
