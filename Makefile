@@ -5,15 +5,25 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test check lint types bench clean
+.PHONY: demo test shells check lint types bench clean
 
 ## demo: KMeans in a spawn process pool, without and with tcap
 demo: $(STAMP)
 	@$(BIN)/python examples/demo.py
 
 ## test: the whole suite (real numpy/scipy/scikit-learn, real subprocesses)
-test: $(STAMP)
+test: $(STAMP) shells
 	$(BIN)/python -m pytest
+
+# zsh and fish for the shell-quoting tests, where apt can install them (as
+# root); the tests that need them skip otherwise.
+shells:
+	@if ! command -v zsh >/dev/null || ! command -v fish >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish) >/dev/null 2>&1 \
+	      || echo "note: could not install zsh/fish; their tests will skip"; \
+	  fi; \
+	fi
 
 ## check: lint + types + tests
 check: lint types test

@@ -49,5 +49,16 @@ def run(rounds: int) -> str:
             f"| {name} | {median(values) * 1000:.2f} | {min(values) * 1000:.2f}–{max(values) * 1000:.2f} "
             f"| {median(values) / base:.2f} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "The two *floor* rows are launchers that do nothing but exec: any launcher written in Python "
+        "costs at least that much. A console script (what `pip install` makes of `tcap`) cannot pass "
+        "`-S` to its interpreter, so it pays for `site` like the first floor row; the `-S` row shows "
+        "that even without `site` an exec-only Python launcher sits at about 2x. What tcap adds above "
+        "the floor is its own imports (kept to nine small modules: no argparse, dataclasses, typing, "
+        "re or TOML parser on a cached launch) and a few stat/read calls to check the cached plan "
+        "against the profile files and machine facts. The *no cache* row is the first launch after a "
+        "profile file changes: TOML is parsed and the plan resolved, then cached.",
+        "",
+    ]
     return "\n".join(lines)
