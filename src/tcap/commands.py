@@ -136,10 +136,18 @@ def build_plan(
 
 def recipe_of(plan: Plan) -> dict[str, Any]:
     """What a launch needs from a plan, as plain data (cached)."""
+    from tcap.launch import probe_environ
+
+    env = [[change.name, change.value] for change in plan.env]
+    bootstrap = None
+    if plan.verify != "off":
+        bootstrap, extra = probe_environ(plan)
+        env += [[name, value] for name, value in extra.items()]
     return {
-        "env": [[change.name, change.value] for change in plan.env],
+        "env": env,
         "pin": None if plan.pin is None else list(plan.pin),
         "verify": plan.verify,
+        "bootstrap": bootstrap,
     }
 
 

@@ -17,16 +17,41 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any, NoReturn
 
+    from tcap.plan import Plan
+
 
 def child_environ(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` with the recipe's variables set and unset."""
+    """``environ`` with the recipe's variables set and unset, and the probe's
+    bootstrap directory first on PYTHONPATH when the plan verifies."""
     env = dict(environ)
     for name, value in recipe["env"]:
         if value is None:
             env.pop(name, None)
         else:
             env[name] = value
+    bootstrap = recipe.get("bootstrap")
+    if bootstrap:
+        entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != bootstrap]
+        env["PYTHONPATH"] = os.pathsep.join([bootstrap, *entries])
     return env
+
+
+def probe_environ(plan: Plan) -> tuple[str, dict[str, str]]:
+    """(bootstrap directory, TCAP_* variables) that arm the probe for ``plan``."""
+    from importlib.util import find_spec
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = find_spec("threadpoolctl")
+    caps = ",".join(f"{key}={value}" for key, value in plan.caps.items() if key != "threads")
+    extra = {
+        "TCAP_PROBE": os.path.join(here, "probe.py"),
+        "TCAP_VERIFY": plan.verify,
+        "TCAP_PROFILE": plan.profile,
+        "TCAP_CAPS": caps,
+    }
+    if spec is not None and spec.origin:
+        extra["TCAP_THREADPOOLCTL"] = spec.origin
+    return os.path.join(here, "_bootstrap"), extra
 
 
 def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:

@@ -1,0 +1,348 @@
+"""tcap's verification probe: runs inside every Python process of a launch.
+
+Loaded by ``tcap/_bootstrap/sitecustomize.py`` under the private name
+``_tcap_probe`` (the target may be another interpreter or venv without
+tcap).  It compares each native thread pool (threadpoolctl's view) with its
+cap and, by mode, warns (``warn``, ``strict``) or also brings the pool back
+(``enforce``).  Records for ``tcap run --report``/strict go to
+``$TCAP_REPORT_DIR/<pid>.json``.
+
+Rules for this file: standard library only at import; threadpoolctl is
+loaded only when a check runs, and then tcap's own copy under a private name
+so the program's imports are untouched; every failure is swallowed
+(``TCAP_DEBUG=1`` prints them); nothing is written to stdout.
+"""
+
+import atexit
+import os
+import sys
+import time
+
+# Top-level packages whose import means native thread pools may exist.
+NUMERIC = frozenset(
+    "numpy scipy sklearn torch numexpr numba threadpoolctl mkl pandas polars "
+    "tensorflow jax xgboost lightgbm cupy faiss".split()
+)
+# Seconds after the first numeric import (or after a fork) of each timer
+# check; afterwards every LAST seconds.
+SCHEDULE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+LAST = 15.0
+
+_state = {}
+
+
+def _debug(what):
+    if os.environ.get("TCAP_DEBUG"):
+        import traceback
+
+        sys.stderr.write("tcap: probe: %s failed in pid %d:\n" % (what, os.getpid()))
+        traceback.print_exc()
+
+
+def _caps():
+    caps = {}
+    for item in os.environ.get("TCAP_CAPS", "").split(","):
+        name, _, value = item.partition("=")
+        if name and value.isdigit():
+            caps[name] = int(value)
+    return caps
+
+
+def start():
+    """Called once from sitecustomize: arm the checks; never raises."""
+    try:
+        mode = os.environ.get("TCAP_VERIFY", "warn")
+        if mode not in ("warn", "strict", "enforce"):
+            return
+        _state.update(
+            mode=mode,
+            caps=_caps(),
+            profile=os.environ.get("TCAP_PROFILE", ""),
+            report_dir=os.environ.get("TCAP_REPORT_DIR") or None,
+            tpc_path=os.environ.get("TCAP_THREADPOOLCTL") or None,
+        )
+        _reset_process()
+        atexit.register(_at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork)
+        if _numeric_loaded() or _state["report_dir"]:
+            _start_timer()
+        else:
+            sys.meta_path.insert(0, _Watcher())
+    except Exception:
+        _debug("start")
+
+
+def _reset_process():
+    _state.update(
+        pid=os.getpid(),
+        seen=set(),
+        peaks={},
+        violations=[],
+        enforced=[],
+        checks=0,
+        peak_os_threads=0,
+        timer=None,
+        born=time.time(),
+    )
+
+
+class _Watcher:
+    """A meta path entry that finds nothing: it only notices numeric imports."""
+
+    def find_spec(self, name, path=None, target=None):
+        try:
+            if name.partition(".")[0] in NUMERIC:
+                _start_timer()
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+        except Exception:
+            _debug("import watch")
+        return None
+
+
+def _numeric_loaded():
+    return any(name in sys.modules for name in NUMERIC)
+
+
+def _start_timer():
+    if _state.get("timer") is not None:
+        return
+    import threading
+
+    def loop():
+        delays = list(SCHEDULE)
+        while True:
+            time.sleep(delays.pop(0) if delays else LAST)
+            if os.getpid() != _state.get("pid"):
+                return
+            check("timer")
+
+    thread = threading.Thread(target=loop, name="tcap-probe", daemon=True)
+    _state["timer"] = thread
+    thread.start()
+
+
+def _after_fork():
+    try:
+        _reset_process()
+        if _numeric_loaded() or _state.get("report_dir"):
+            _start_timer()
+    except Exception:
+        _debug("fork")
+
+
+def _at_exit():
+    try:
+        if _numeric_loaded():
+            check("exit")
+        elif _state.get("report_dir"):
+            _write_record("exit", [], None)
+    except Exception:
+        _debug("exit")
+
+
+def _threadpoolctl():
+    module = _state.get("tpc")
+    if module is not None:
+        return module
+    path = _state.get("tpc_path")
+    if path:
+        try:
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("_tcap_threadpoolctl", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except Exception:
+            _debug("loading tcap's threadpoolctl")
+            module = None
+    if module is None:
+        import threadpoolctl as module  # the program's own, if it has one
+    _state["tpc"] = module
+    return module
+
+
+def cap_for(pool, caps):
+    """The cap for one threadpoolctl pool dict, or None if tcap set none."""
+    internal = pool.get("internal_api")
+    user = pool.get("user_api")
+    # An OpenBLAS (or BLIS) built with OpenMP follows OMP_NUM_THREADS only.
+    if pool.get("threading_layer") == "openmp" and "openmp" in caps:
+        return caps["openmp"]
+    if internal in caps:
+        return caps[internal]
+    return caps.get(user)
+
+
+def os_threads():
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def check(reason="manual"):
+    """Compare every pool with its cap; warn, enforce and record. Returns the
+    list of (pool, cap) over cap, or None when the check itself failed."""
+    try:
+        return _check(reason)
+    except Exception:
+        _debug("check")
+        return None
+
+
+def _check(reason):
+    if os.getpid() != _state.get("pid"):
+        _reset_process()
+    tpc = _threadpoolctl()
+    info = tpc.threadpool_info()
+    caps = _state["caps"]
+    over = []
+    for pool in info:
+        cap = cap_for(pool, caps)
+        pool["cap"] = cap
+        key = (pool.get("filepath"), pool.get("internal_api"))
+        threads = pool.get("num_threads") or 0
+        pool["peak_threads"] = max(_state["peaks"].get(key, 0), threads)
+        _state["peaks"][key] = pool["peak_threads"]
+        if cap is not None and threads > cap:
+            over.append((pool, cap))
+    for pool, cap in over:
+        key = (pool.get("filepath"), pool.get("internal_api"), pool.get("num_threads"))
+        if key not in _state["seen"]:
+            _state["seen"].add(key)
+            _state["violations"].append(
+                {
+                    "internal_api": pool.get("internal_api"),
+                    "user_api": pool.get("user_api"),
+                    "filepath": pool.get("filepath"),
+                    "threads": pool.get("num_threads"),
+                    "cap": cap,
+                    "at": time.time(),
+                    "reason": reason,
+                }
+            )
+            _warn(pool, cap)
+        if _state["mode"] == "enforce":
+            try:
+                _enforce(tpc, pool, cap)
+            except Exception:
+                _debug("enforce")
+    _state["checks"] += 1
+    _write_record(reason, info, tpc)
+    return over
+
+
+def describe_process():
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
+    if argv:
+        argv[0] = os.path.basename(argv[0])
+    text = " ".join(argv)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _warn(pool, cap):
+    profile = _state.get("profile")
+    suffix = " [profile %s]" % profile if profile else ""
+    sys.stderr.write(
+        "tcap: warning: pid %d (%s): %s (%s) has %d threads, cap %d%s\n"
+        % (os.getpid(), describe_process(), pool.get("internal_api"), pool.get("user_api"),
+           pool.get("num_threads") or 0, cap, suffix)
+    )
+    sys.stderr.flush()
+
+
+def _enforce(tpc, pool, cap):
+    """Bring ``pool`` back to ``cap``, on the main thread.
+
+    OpenBLAS ignores a new limit set from any thread but the main one, so a
+    check running on the timer thread hands the work to the main thread as
+    a CPython pending call (run at its next bytecode boundary).
+    """
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        _limit(tpc, pool, cap)
+        return
+    pending = _state.setdefault("pending", {})
+    key = (pool.get("filepath"), cap)
+    if key in pending:
+        return
+    import ctypes
+
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+    def run(_):
+        try:
+            pending.pop(key, None)
+            _limit(tpc, pool, cap)
+        except Exception:
+            _debug("enforce")
+        return 0
+
+    callback = callback_type(run)
+    pending[key] = callback  # keep it alive until it has run
+    add = ctypes.pythonapi.Py_AddPendingCall
+    add.argtypes = [callback_type, ctypes.c_void_p]
+    add.restype = ctypes.c_int
+    if add(callback, None) != 0:
+        pending.pop(key, None)
+
+
+def _limit(tpc, pool, cap):
+    before = pool.get("num_threads")
+    tpc.ThreadpoolController().select(filepath=pool.get("filepath")).limit(limits=cap)
+    _state["enforced"].append(
+        {"internal_api": pool.get("internal_api"), "filepath": pool.get("filepath"),
+         "from": before, "to": cap, "at": time.time()}
+    )
+    sys.stderr.write(
+        "tcap: enforced: pid %d (%s): %s (%s) brought back from %s to %d threads\n"
+        % (os.getpid(), describe_process(), pool.get("internal_api"), pool.get("user_api"), before, cap)
+    )
+    sys.stderr.flush()
+
+
+def _write_record(reason, info, tpc):
+    threads = os_threads()
+    if threads is not None:
+        _state["peak_os_threads"] = max(_state.get("peak_os_threads", 0), threads)
+    directory = _state.get("report_dir")
+    if not directory:
+        return
+    import json
+
+    pools = [
+        {k: pool.get(k) for k in ("internal_api", "user_api", "prefix", "filepath", "version",
+                                  "threading_layer", "num_threads", "cap", "peak_threads")}
+        for pool in info
+    ]
+    record = {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "argv": list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv),
+        "command": describe_process(),
+        "profile": _state.get("profile"),
+        "mode": _state.get("mode"),
+        "reason": reason,
+        "checks": _state.get("checks", 0),
+        "checked_at": time.time(),
+        "started_at": _state.get("born"),
+        "inspected": tpc is not None,
+        "os_threads": threads,
+        "peak_os_threads": _state.get("peak_os_threads"),
+        "pools": pools,
+        "violations": _state.get("violations", []),
+        "enforced": _state.get("enforced", []),
+    }
+    path = os.path.join(directory, "%d.json" % os.getpid())
+    temporary = "%s.%d.tmp" % (path, time.monotonic_ns())
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(temporary, path)
