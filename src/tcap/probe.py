@@ -20,8 +20,8 @@ import time
 
 # Top-level packages whose import means native thread pools may exist.
 NUMERIC = frozenset(
-    "numpy scipy sklearn torch numexpr numba threadpoolctl mkl pandas polars "
-    "tensorflow jax xgboost lightgbm cupy faiss".split()
+    ("numpy", "scipy", "sklearn", "torch", "numexpr", "numba", "threadpoolctl", "mkl", "pandas", "polars",
+     "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss")
 )
 # Seconds after the first numeric import (or after a fork) of each timer
 # check; afterwards every LAST seconds.
@@ -35,7 +35,7 @@ def _debug(what):
     if os.environ.get("TCAP_DEBUG"):
         import traceback
 
-        sys.stderr.write("tcap: probe: %s failed in pid %d:\n" % (what, os.getpid()))
+        sys.stderr.write(f"tcap: probe: {what} failed in pid {os.getpid()}:\n")
         traceback.print_exc()
 
 
@@ -248,11 +248,10 @@ def describe_process():
 
 def _warn(pool, cap):
     profile = _state.get("profile")
-    suffix = " [profile %s]" % profile if profile else ""
+    suffix = f" [profile {profile}]" if profile else ""
     sys.stderr.write(
-        "tcap: warning: pid %d (%s): %s (%s) has %d threads, cap %d%s\n"
-        % (os.getpid(), describe_process(), pool.get("internal_api"), pool.get("user_api"),
-           pool.get("num_threads") or 0, cap, suffix)
+        f"tcap: warning: pid {os.getpid()} ({describe_process()}): {pool.get('internal_api')} "
+        f"({pool.get('user_api')}) has {pool.get('num_threads') or 0} threads, cap {cap}{suffix}\n"
     )
     sys.stderr.flush()
 
@@ -302,8 +301,8 @@ def _limit(tpc, pool, cap):
          "from": before, "to": cap, "at": time.time()}
     )
     sys.stderr.write(
-        "tcap: enforced: pid %d (%s): %s (%s) brought back from %s to %d threads\n"
-        % (os.getpid(), describe_process(), pool.get("internal_api"), pool.get("user_api"), before, cap)
+        f"tcap: enforced: pid {os.getpid()} ({describe_process()}): {pool.get('internal_api')} "
+        f"({pool.get('user_api')}) brought back from {before} to {cap} threads\n"
     )
     sys.stderr.flush()
 
@@ -340,8 +339,8 @@ def _write_record(reason, info, tpc):
         "violations": _state.get("violations", []),
         "enforced": _state.get("enforced", []),
     }
-    path = os.path.join(directory, "%d.json" % os.getpid())
-    temporary = "%s.%d.tmp" % (path, time.monotonic_ns())
+    path = os.path.join(directory, f"{os.getpid()}.json")
+    temporary = f"{path}.{time.monotonic_ns()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
