@@ -146,6 +146,8 @@ def _threadpoolctl():
     module = _state.get("tpc")
     if module is not None:
         return module
+    if _state.get("tpc_failed"):
+        raise ImportError("threadpoolctl unavailable")
     path = _state.get("tpc_path")
     if path:
         try:
@@ -153,12 +155,20 @@ def _threadpoolctl():
 
             spec = importlib.util.spec_from_file_location("_tcap_threadpoolctl", path)
             module = importlib.util.module_from_spec(spec)
+            # Registered under its private name while it runs: its dataclasses
+            # look their module up in sys.modules.
+            sys.modules["_tcap_threadpoolctl"] = module
             spec.loader.exec_module(module)
         except Exception:
+            sys.modules.pop("_tcap_threadpoolctl", None)
             _debug("loading tcap's threadpoolctl")
             module = None
     if module is None:
-        import threadpoolctl as module  # the program's own, if it has one
+        try:
+            import threadpoolctl as module  # the program's own, if it has one
+        except ImportError:
+            _state["tpc_failed"] = True  # don't pay for the search at every check
+            raise
     _state["tpc"] = module
     return module
 
@@ -242,7 +252,7 @@ def describe_process():
     argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
     if argv:
         argv[0] = os.path.basename(argv[0])
-    text = " ".join(argv)
+    text = " ".join(" ".join(argv).split())  # one line, however the argv looks
     return text if len(text) <= 60 else text[:57] + "..."
 
 
