@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 USAGE = """\
-usage: tcap run      [PLAN OPTIONS] [--dry-run] [--] COMMAND [ARG...]
+usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
+                     [--] COMMAND [ARG...]
        tcap show     [PLAN OPTIONS] [--json]
        tcap env      [PLAN OPTIONS] [--shell sh|bash|zsh|fish]
        tcap profiles [--json]
@@ -38,8 +39,17 @@ plan options:
   --verify MODE      off | warn | strict | enforce
 N may be an expression over cpus and physical, e.g. 'cpus/2' or 'max(1,cpus-2)'.
 
+run options:
+  --dry-run          print the plan and the command; run nothing
+  --report           run the command as a child, then print every process's
+                     pools (threads/cap), peak OS threads and a verdict
+  --report-json FILE the same report as JSON into FILE
+With --report, --report-json or verify strict, tcap supervises the command
+instead of exec-ing it; strict exits 86 when a pool went over its cap.
+
 exit codes: the command's own; 2 usage or configuration error; 125 other
-failure of tcap; 126 command not executable; 127 command not found.
+failure of tcap; 126 command not executable; 127 command not found; 86 a
+pool over its cap under verify strict (the command itself exited 0).
 """
 
 PLAN_OPTIONS = {
@@ -56,7 +66,7 @@ PLAN_OPTIONS = {
 
 # command -> (options taking a value, flags without one, takes a command)
 COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
-    "run": (PLAN_OPTIONS, ("--dry-run",), True),
+    "run": ({**PLAN_OPTIONS, "--report-json": "report_json"}, ("--dry-run", "--report"), True),
     "show": (PLAN_OPTIONS, ("--json",), False),
     "env": ({**PLAN_OPTIONS, "--shell": "shell"}, (), False),
     "profiles": ({}, ("--json",), False),

@@ -27,7 +27,8 @@ VERIFY_MODES = ("off", "warn", "strict", "enforce")
 
 
 def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, str]) -> int:
-    """``tcap run``: resolve the plan, apply it and exec ``command``."""
+    """``tcap run``: resolve the plan, apply it and exec ``command`` (or, for
+    ``--report``/``--report-json``/``verify = strict``, run it supervised)."""
     if not command:
         raise TcapError("tcap run: missing the command to run (tcap run [options] -- COMMAND ...)")
     if options.get("dry_run"):
@@ -49,6 +50,12 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
         plan, depends = build_plan(options, environ, machine)
         recipe = recipe_of(plan)
         cache.store(cache_file, key, depends, recipe)
+    if recipe.get("verify") == "strict" or options.get("report") or options.get("report_json"):
+        from tcap import supervise
+
+        return supervise.supervise(
+            recipe, command, environ, report=bool(options.get("report")), report_json=options.get("report_json")
+        )
     launch.execute(recipe, command, environ)
 
 
@@ -159,6 +166,6 @@ def cache_key(options: Mapping[str, Any], environ: Mapping[str, str], machine: M
     flags = tuple(
         (key, tuple(value) if isinstance(value, list) else value)
         for key, value in sorted(options.items())
-        if key not in ("profile", "dry_run", "help")
+        if key not in ("profile", "dry_run", "help", "report", "report_json")
     )
     return (spec, flags, tuple(d for _, d in search_path(environ)), machine.key())

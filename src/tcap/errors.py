@@ -5,6 +5,10 @@ from __future__ import annotations
 #: Usage or configuration error: bad flag, bad TOML, unknown key, bad value,
 #: extends cycle, missing profile, CPUs outside the usable set.
 EXIT_USAGE = 2
+#: ``verify = strict``: the command exited 0 but a process of the run had a
+#: thread pool over its cap (chosen outside the ranges of the others and of
+#: 128+signal, so it cannot be mistaken for them).
+EXIT_VIOLATION = 86
 #: Any other failure of tcap itself before the command was started.
 EXIT_INTERNAL = 125
 #: The command was found but could not be executed.
