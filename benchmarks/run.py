@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import launcher  # noqa: E402
+import probe  # noqa: E402
 from common import machine_description  # noqa: E402
 
 INTRO = """\
@@ -26,7 +27,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
-    sections = [launcher.run(args.rounds)]
+    sections = [launcher.run(args.rounds), probe.run(args.rounds)]
     today = datetime.date.today().isoformat()
     text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tcap import __version__, cache
-from tcap.cache import MAX_ENTRIES, cache_file, lookup, signature, store
+from tcap import cache
+from tcap.cache import FILENAME, MAX_ENTRIES, cache_file, lookup, signature, store
 
 KEY = ("0.1", "default", (("threads", 2),), ("/a", "/b"), ((0, 1), None, None, None, None))
 RECIPE = ((("OMP_NUM_THREADS", "2"), ("MKL_NUM_THREADS", "2")), (0, 1))
@@ -177,9 +177,9 @@ def test_tcap_no_cache(tmp_path, value, enabled):
 
 def test_cache_file_location(tmp_path):
     home = {"HOME": str(tmp_path)}
-    assert cache_file(home) == os.path.join(str(tmp_path), ".cache", "tcap", f"plans-{__version__}.marshal")
+    assert cache_file(home) == os.path.join(str(tmp_path), ".cache", "tcap", FILENAME)
     xdg = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    assert cache_file(xdg) == os.path.join(str(tmp_path / "xdg"), "tcap", f"plans-{__version__}.marshal")
+    assert cache_file(xdg) == os.path.join(str(tmp_path / "xdg"), "tcap", FILENAME)
 
 
 def test_no_cache_end_to_end(tmp_path, dep):

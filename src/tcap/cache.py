@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_ENTRIES = 64
-FILENAME = f"plans-{__version__}.marshal"
+#: Bump when the recipe's shape changes, so older caches are never read.
+FORMAT = 2
+FILENAME = f"plans-{__version__}-{FORMAT}.marshal"
 
 
 def cache_file(environ: Mapping[str, str]) -> str | None:

@@ -74,6 +74,7 @@ def start():
 
 
 def _reset_process():
+    _state.pop("lock", None)
     _state.update(
         pid=os.getpid(),
         seen=set(),
@@ -198,12 +199,22 @@ def os_threads():
 
 def check(reason="manual"):
     """Compare every pool with its cap; warn, enforce and record. Returns the
-    list of (pool, cap) over cap, or None when the check itself failed."""
+    list of (pool, cap) over cap, or None when the check itself failed or
+    another check (timer thread vs exit) was already running."""
+    lock = _state.get("lock")
+    if lock is None:
+        import _thread  # built in: no start-up cost
+
+        lock = _state["lock"] = _thread.allocate_lock()
+    if not lock.acquire(False):
+        return None
     try:
         return _check(reason)
     except Exception:
         _debug("check")
         return None
+    finally:
+        lock.release()
 
 
 def _check(reason):
