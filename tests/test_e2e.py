@@ -237,8 +237,8 @@ def test_command_found_on_path_without_double_dash(iso: Isolated) -> None:
 def test_sigint_reaches_the_program_as_keyboardinterrupt(iso: Isolated) -> None:
     script = (
         "import sys, time\n"
-        "print('ready', flush=True)\n"
-        "try:\n"
+        "try:\n"  # ready is printed inside the try: a SIGINT right after it is caught
+        "    print('ready', flush=True)\n"
         "    while True: time.sleep(0.05)\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted', flush=True); sys.exit(3)\n"
