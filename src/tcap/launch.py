@@ -54,15 +54,21 @@ def probe_environ(plan: Plan) -> tuple[str, dict[str, str]]:
     return os.path.join(here, "_bootstrap"), extra
 
 
+def pin(recipe: Mapping[str, Any]) -> None:
+    """Apply the recipe's CPU pinning to this process (children inherit it)."""
+    cpus = recipe.get("pin")
+    if cpus is None:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (OSError, AttributeError) as failure:
+        raise TcapError(f"cannot pin to CPUs {cpus}: {failure}", code=EXIT_INTERNAL) from None
+
+
 def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """Pin, then replace this process with ``argv``; raise TcapError on failure."""
     env = child_environ(recipe, environ)
-    pin = recipe.get("pin")
-    if pin is not None:
-        try:
-            os.sched_setaffinity(0, pin)
-        except (OSError, AttributeError) as failure:
-            raise TcapError(f"cannot pin to CPUs {pin}: {failure}", code=EXIT_INTERNAL) from None
+    pin(recipe)
     command = argv[0]
     first: OSError | None = None
     # execvpe's own PATH search imports warnings (os.get_exec_path); this

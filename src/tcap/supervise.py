@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from tcap.errors import EXIT_INTERNAL, EXIT_VIOLATION, TcapError
+from tcap.errors import EXIT_INTERNAL, EXIT_VIOLATION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,13 +68,7 @@ def supervise(
 
     env = launch.child_environ(recipe, environ)
     found = launch.find_command(argv[0], env)  # 127/126 before anything starts
-    pin = recipe.get("pin")
-    if pin is not None:
-        # On tcap itself: the child inherits it, no preexec work needed.
-        try:
-            os.sched_setaffinity(0, pin)
-        except (OSError, AttributeError) as failure:
-            raise TcapError(f"cannot pin to CPUs {pin}: {failure}", code=EXIT_INTERNAL) from None
+    launch.pin(recipe)  # on tcap itself: the child inherits it
     sampling = report or bool(report_json)
     report_dir = tempfile.mkdtemp(prefix="tcap-report-")  # mode 0700, a new directory
     try:
