@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import launcher  # noqa: E402
 import probe  # noqa: E402
+import sampler  # noqa: E402
 from common import machine_description  # noqa: E402
 
 INTRO = """\
@@ -27,7 +28,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
-    sections = [launcher.run(args.rounds), probe.run(args.rounds)]
+    sections = [launcher.run(args.rounds), probe.run(2 * args.rounds), sampler.run(20)]
     today = datetime.date.today().isoformat()
     text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)
     args.output.parent.mkdir(parents=True, exist_ok=True)

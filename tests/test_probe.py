@@ -184,6 +184,41 @@ print("main", json.dumps([os.getpid(), done.returncode, "numpy" in sys.modules])
     assert after == ([1] if mode == "enforce" else [8])
 
 
+@pytest.mark.parametrize("cap", [1, 2])
+def test_raise_just_before_exit_is_caught_by_the_exit_check(iso: Isolated, cap: int) -> None:
+    # No timer check can run: the program raises the limit and exits at once.
+    # The exit check skips loading threadpoolctl only when there are fewer
+    # native threads than the smallest cap; here OpenBLAS's extra one is seen.
+    iso.write_profile("short", f"blas = {cap}\n")
+    (iso.work / "short.py").write_text(
+        "import numpy as np, threadpoolctl\n"
+        f"threadpoolctl.threadpool_limits({cap + 1}, user_api='blas')\n"
+        "np.ones((64, 64)) @ np.ones((64, 64))\n"
+    )
+    result = iso.run("run", "-p", "short", "--", PYTHON, "short.py")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        rf"tcap: warning: pid \d+ \(python short.py\): openblas \(blas\) has {cap + 1} threads, cap {cap} "
+        r"\[profile short\]\n",
+        result.stderr,
+    ), result.stderr
+
+
+def test_short_program_within_caps_is_silent(iso: Isolated) -> None:
+    # OpenBLAS at its cap of 2 runs one native thread: below the exit check's
+    # threshold, and not a violation either way.
+    iso.write_profile("two", "blas = 2\n")
+    (iso.work / "short.py").write_text(
+        "import numpy as np, threadpoolctl\n"
+        "np.ones((64, 64)) @ np.ones((64, 64))\n"
+        "print([p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'])\n"
+    )
+    result = iso.run("run", "-p", "two", "--cpus", "0-1", "--", PYTHON, "short.py")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[2]\n"
+    assert result.stderr == ""
+
+
 @MODES
 def test_pools_within_caps_are_silent(iso: Isolated, mode: str) -> None:
     program = """

@@ -6,7 +6,7 @@ process of the run writes ``<pid>.json``), forwards signals to it, waits,
 and then reads the records: strict turns a violation into exit code 86,
 ``--report`` prints a per-process table and a verdict, ``--report-json``
 writes the same as JSON.  With a report, the process tree is also sampled
-with psutil (imported only here), so processes the probe cannot see
+from /proc, so processes the probe cannot see
 (``python -I``, ``sh``, any non-Python program) are listed as unverified.
 
 Signals: tcap blocks the forwarded signals and SIGCHLD and waits for them
@@ -142,47 +142,77 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampling: b
 
 
 class Sampler:
-    """The child's process tree, sampled with psutil: per pid the command
-    line, peak OS threads and CPU time; and the peak of the tree's total."""
+    """The child's process tree, sampled from /proc: per pid the command
+    line, peak OS threads and CPU time; and the peak of the tree's total.
+
+    One read of ``/proc/PID/stat`` per process on the machine gives the
+    parent, thread count and CPU time at once (the command line is read once
+    per new process). psutil needs a scan of every parent plus two reads per
+    process of the tree and cost ~3x more CPU on a 64-process tree
+    (docs/benchmarks.md); tcap only runs on Linux anyway.
+    """
 
     def __init__(self, root: int) -> None:
-        import psutil
-
-        self.psutil = psutil
         self.root = root
         self.processes: dict[int, dict[str, Any]] = {}
         self.peak_total = 0
-        try:
-            self.top: Any = psutil.Process(root)
-        except psutil.Error:
-            self.top = None
+        self.tick = os.sysconf("SC_CLK_TCK")
 
     def sample(self) -> None:
-        psutil = self.psutil
-        if self.top is None:
-            return
+        stats: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, threads, cpu seconds)
         try:
-            tree = [self.top, *self.top.children(recursive=True)]
-        except psutil.Error:
-            tree = [self.top]
-        total = 0
-        for process in tree:
-            try:
-                with process.oneshot():
-                    threads = process.num_threads()
-                    times = process.cpu_times()
-                    seen = self.processes.get(process.pid)
-                    argv = seen["argv"] if seen else process.cmdline()
-            except psutil.Error:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit():
                 continue
+            stat = _stat(int(name))
+            if stat is not None:
+                stats[int(name)] = (stat[0], stat[1], (stat[2] + stat[3]) / self.tick)
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        if self.root not in stats:
+            return
+        total = 0
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, ()))
+            _, threads, cpu = stats[pid]
             total += threads
-            cpu = round(times.user + times.system, 2)
+            seen = self.processes.get(pid)
             if seen is None:
-                self.processes[process.pid] = {"argv": argv, "peak_os_threads": threads, "cpu_seconds": cpu}
+                self.processes[pid] = {"argv": _cmdline(pid), "peak_os_threads": threads, "cpu_seconds": round(cpu, 2)}
             else:
                 seen["peak_os_threads"] = max(seen["peak_os_threads"], threads)
-                seen["cpu_seconds"] = max(seen["cpu_seconds"], cpu)
+                seen["cpu_seconds"] = max(seen["cpu_seconds"], round(cpu, 2))
         self.peak_total = max(self.peak_total, total)
+
+
+def _stat(pid: int) -> tuple[int, int, int, int] | None:
+    """(ppid, threads, utime, stime) of ``pid`` from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # The command name (field 2) is in parentheses and may contain anything.
+        fields = data[data.rindex(b")") + 2 :].split()
+        return int(fields[1]), int(fields[17]), int(fields[11]), int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+        if data:
+            return [part.decode(errors="replace") for part in data.rstrip(b"\0").split(b"\0")]
+        with open(f"/proc/{pid}/comm", "rb") as f:  # a zombie's command line is empty
+            return [f"[{f.read().strip().decode(errors='replace')}]"]
+    except OSError:
+        return []
 
 
 def read_records(directory: str) -> dict[int, dict[str, Any]]:
