@@ -18,10 +18,16 @@ if TYPE_CHECKING:
 
 USAGE = """\
 usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
-                     [--] COMMAND [ARG...]
+                     [--kernel] [--] COMMAND [ARG...]
+       tcap run      --plan FILE [--kernel] [--] COMMAND [ARG...]
        tcap show     [PLAN OPTIONS] [--json]
        tcap env      [PLAN OPTIONS] [--shell sh|bash|zsh|fish]
        tcap profiles [--json]
+       tcap kernel install [PLAN OPTIONS] [--name N] [--display-name D]
+                     [--user | --sys-prefix | --prefix DIR] [--python PATH]
+                     [--freeze] [--force]
+       tcap kernel list [--json]
+       tcap kernel remove [--force] NAME
        tcap --version
 
 Cap every thread pool (OpenBLAS, OpenMP, MKL, ...) and the CPU affinity of a
@@ -44,8 +50,24 @@ run options:
   --report           run the command as a child, then print every process's
                      pools (threads/cap), peak OS threads and a verdict
   --report-json FILE the same report as JSON into FILE
+  --plan FILE        run a frozen plan (tcap kernel install --freeze) instead
+                     of resolving a profile
+  --kernel           the command is an IPython kernel: with verification on,
+                     also check the pools after every cell
 With --report, --report-json or verify strict, tcap supervises the command
 instead of exec-ing it; strict exits 86 when a pool went over its cap.
+
+kernel install options (see docs/jupyter.md):
+  --name N           kernelspec name (default tcap-PROFILE)
+  --display-name D   name shown in Jupyter (default: profile and caps)
+  --user | --sys-prefix | --prefix DIR
+                     where to install, as for ipykernel install (default:
+                     the system-wide Jupyter directory)
+  --python PATH      the kernel's interpreter (needs ipykernel; default: tcap's)
+  --freeze           store the resolved plan instead of re-reading the
+                     profile at each kernel start
+  --force            replace an existing kernelspec of that name (install);
+                     remove one tcap did not make (remove)
 
 exit codes: the command's own; 2 usage or configuration error; 125 other
 failure of tcap; 126 command not executable; 127 command not found; 86 a
@@ -66,11 +88,24 @@ PLAN_OPTIONS = {
 
 # command -> (options taking a value, flags without one, takes a command)
 COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
-    "run": ({**PLAN_OPTIONS, "--report-json": "report_json"}, ("--dry-run", "--report"), True),
+    "run": (
+        {**PLAN_OPTIONS, "--report-json": "report_json", "--plan": "plan"},
+        ("--dry-run", "--report", "--kernel"),
+        True,
+    ),
     "show": (PLAN_OPTIONS, ("--json",), False),
     "env": ({**PLAN_OPTIONS, "--shell": "shell"}, (), False),
     "profiles": ({}, ("--json",), False),
+    "kernel install": (
+        {**PLAN_OPTIONS, "--name": "name", "--display-name": "display_name", "--prefix": "prefix",
+         "--python": "python"},
+        ("--user", "--sys-prefix", "--freeze", "--force"),
+        False,
+    ),
+    "kernel list": ({}, ("--json",), False),
+    "kernel remove": ({}, ("--force",), True),
 }
+KERNEL_COMMANDS = ("install", "list", "remove")
 
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
@@ -78,6 +113,11 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
     if not argv:
         raise TcapError("missing command: run, show, env or profiles (see tcap --help)")
     name, args = argv[0], list(argv[1:])
+    if name == "kernel":
+        if not args or args[0] not in KERNEL_COMMANDS:
+            given = f" {args[0]!r}" if args else ""
+            raise TcapError(f"tcap kernel: unknown or missing subcommand{given}: install, list or remove")
+        name, args = f"kernel {args[0]}", args[1:]
     if name not in COMMANDS:
         from tcap.profiles import did_you_mean
 
@@ -144,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from tcap import commands
 
-        result: int = getattr(commands, name)(options, rest, os.environ)
+        result: int = getattr(commands, name.replace(" ", "_"))(options, rest, os.environ)
         return result
     except TcapError as error:
         sys.stderr.write(f"tcap: error: {error}\n")

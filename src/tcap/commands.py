@@ -31,25 +31,38 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
     ``--report``/``--report-json``/``verify = strict``, run it supervised)."""
     if not command:
         raise TcapError("tcap run: missing the command to run (tcap run [options] -- COMMAND ...)")
-    if options.get("dry_run"):
-        from tcap import launch, render
+    if options.get("plan"):
+        recipe = frozen_recipe(options)
+    elif options.get("dry_run"):
+        from tcap import render
 
         plan = build_plan(options, environ)[0]
-        found = launch.find_command(command[0], launch.child_environ(recipe_of(plan), environ))
-        sys.stdout.write(render.plan_text(plan, environ))
-        sys.stdout.write(f"\nwould exec: {render.command_line([found, *command[1:]])}\n")
-        return 0
-    from tcap import cache, launch
-    from tcap.machine import read_machine
-
-    machine = read_machine(environ=environ)
-    key = cache_key(options, environ, machine)
-    cache_file = cache.cache_file(environ)
-    recipe = cache.lookup(cache_file, key)
-    if recipe is None:
-        plan, depends = build_plan(options, environ, machine)
         recipe = recipe_of(plan)
-        cache.store(cache_file, key, depends, recipe)
+        sys.stdout.write(render.plan_text(plan, environ) + "\n")
+    else:
+        from tcap import cache
+        from tcap.machine import read_machine
+
+        machine = read_machine(environ=environ)
+        key = cache_key(options, environ, machine)
+        cache_file = cache.cache_file(environ)
+        recipe = cache.lookup(cache_file, key)
+        if recipe is None:
+            plan, depends = build_plan(options, environ, machine)
+            recipe = recipe_of(plan)
+            cache.store(cache_file, key, depends, recipe)
+    if options.get("kernel") and recipe.get("bootstrap"):
+        # An IPython kernel: the probe (already in sys.modules there) also
+        # loads as an extension, to check the pools after every cell.
+        command = [*command, "--ext=_tcap_probe"]
+    from tcap import launch
+
+    if options.get("dry_run"):
+        from tcap import render
+
+        found = launch.find_command(command[0], launch.child_environ(recipe, environ))
+        sys.stdout.write(f"would exec: {render.command_line([found, *command[1:]])}\n")
+        return 0
     if recipe.get("verify") == "strict" or options.get("report") or options.get("report_json"):
         from tcap import supervise
 
@@ -57,6 +70,27 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
             recipe, command, environ, report=bool(options.get("report")), report_json=options.get("report_json")
         )
     launch.execute(recipe, command, environ)
+
+
+def frozen_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe of a frozen plan file (``tcap kernel install --freeze``)."""
+    path = options["plan"]
+    given = [f"--{key}" for key in ("profile", "threads", "blas", "openmp", "workers", "cpus", "verify")
+             if options.get(key) is not None] + (["--set"] if options.get("set") else [])
+    if given:
+        raise TcapError(f"tcap run: --plan cannot be combined with {', '.join(given)}")
+    import json
+
+    try:
+        with open(path) as f:
+            recipe = json.load(f)["recipe"]
+        if not isinstance(recipe.get("env"), list):
+            raise ValueError("no env list")
+    except OSError as failure:
+        raise TcapError(f"cannot read frozen plan: {failure.strerror}", path=path) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as failure:
+        raise TcapError(f"not a frozen tcap plan: {failure}", path=path) from None
+    return dict(recipe)
 
 
 def show(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
@@ -166,6 +200,54 @@ def cache_key(options: Mapping[str, Any], environ: Mapping[str, str], machine: M
     flags = tuple(
         (key, tuple(value) if isinstance(value, list) else value)
         for key, value in sorted(options.items())
-        if key not in ("profile", "dry_run", "help", "report", "report_json")
+        if key not in ("profile", "dry_run", "help", "report", "report_json", "kernel")
     )
     return (spec, flags, tuple(d for _, d in search_path(environ)), machine.key())
+
+
+def kernel_install(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap kernel install``: a kernelspec that starts the kernel under tcap."""
+    from tcap import kernel
+
+    name, destination, warnings = kernel.install(options, environ)
+    for warning in warnings:
+        sys.stderr.write(f"tcap: warning: {warning}\n")
+    sys.stdout.write(f"installed kernel {name} in {destination}\n")
+    return 0
+
+
+def kernel_list(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap kernel list``: the tcap-made kernelspecs Jupyter can find."""
+    import json
+
+    from tcap import kernel
+
+    found = kernel.list_kernels(environ)
+    if options.get("json"):
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
+        return 0
+    if not found:
+        sys.stdout.write("no tcap kernels (make one with: tcap kernel install -p PROFILE --user)\n")
+        return 0
+    rows = [("NAME", "PROFILE", "CAPS", "STATUS", "DIRECTORY")]
+    for item in found:
+        caps = item["caps"]
+        text = "?" if caps is None else kernel.caps_words(caps["blas"], caps["openmp"])
+        profile = str(item["profile"]) + (" (frozen)" if item["frozen"] else "")
+        status = "stale: " + "; ".join(item["stale"]) if item["stale"] else "ok"
+        rows.append((item["name"], profile, text, status, item["resource_dir"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4] + "\n")
+    return 0
+
+
+def kernel_remove(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap kernel remove NAME``: remove a tcap-made kernelspec."""
+    from tcap import kernel
+
+    if len(rest) != 1:
+        raise TcapError("tcap kernel remove: give exactly one kernel name (see tcap kernel list)")
+    directory = kernel.remove(rest[0], bool(options.get("force")))
+    sys.stdout.write(f"removed kernel {rest[0].lower()} ({directory})\n")
+    return 0

@@ -79,7 +79,7 @@ def _reset_process():
     _state.update(
         pid=os.getpid(),
         main=_thread.get_ident(),  # start() and fork handlers run on the main thread
-        seen=set(),
+        seen={},
         peaks={},
         violations=[],
         enforced=[],
@@ -261,10 +261,14 @@ def _check(reason):
         _state["peaks"][key] = pool["peak_threads"]
         if cap is not None and threads > cap:
             over.append((pool, cap))
+    seen = _state["seen"]  # (filepath, api) -> thread count last warned about
+    for pool in info:
+        if pool["cap"] is None or (pool.get("num_threads") or 0) <= pool["cap"]:
+            seen.pop((pool.get("filepath"), pool.get("internal_api")), None)  # back within: a new escape warns again
     for pool, cap in over:
-        key = (pool.get("filepath"), pool.get("internal_api"), pool.get("num_threads"))
-        if key not in _state["seen"]:
-            _state["seen"].add(key)
+        key = (pool.get("filepath"), pool.get("internal_api"))
+        if seen.get(key) != pool.get("num_threads"):
+            seen[key] = pool.get("num_threads")
             _state["violations"].append(
                 {
                     "internal_api": pool.get("internal_api"),
@@ -347,6 +351,7 @@ def _limit(tpc, pool, cap):
         {"internal_api": pool.get("internal_api"), "filepath": pool.get("filepath"),
          "from": before, "to": cap, "at": time.time()}
     )
+    _state["seen"].pop((pool.get("filepath"), pool.get("internal_api")), None)
     sys.stderr.write(
         f"tcap: enforced: pid {os.getpid()} ({describe_process()}): {pool.get('internal_api')} "
         f"({pool.get('user_api')}) brought back from {before} to {cap} threads\n"
@@ -392,3 +397,54 @@ def _write_record(reason, info, tpc):
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
     os.replace(temporary, path)
+
+
+# IPython: a tcap kernelspec starts the kernel with ``--ext=_tcap_probe``
+# (``%load_ext tcap`` leads here too): check after every cell, so a
+# violation shows in the output of the cell that caused it; and ``%tcap``.
+
+
+def load_ipython_extension(ipython):
+    try:
+        if not _state.get("ipython"):
+            _state["ipython"] = True
+            ipython.events.register("post_run_cell", _after_cell)
+        ipython.register_magic_function(_magic, "line", "tcap")
+    except Exception:
+        _debug("loading the IPython extension")
+
+
+def _after_cell(result=None):
+    try:
+        if _state.get("mode") and _numeric_loaded():
+            check("cell")
+    except Exception:
+        _debug("cell check")
+
+
+def _magic(line=""):
+    """%tcap: every native thread pool of this process against its cap."""
+    try:
+        tpc = _threadpoolctl()
+        info = tpc.threadpool_info()
+    except Exception as error:
+        print(f"tcap: cannot inspect the thread pools: {error}")
+        return
+    caps = _state.get("caps") if "caps" in _state else _caps()
+    mode = _state.get("mode") or "not verifying"
+    profile = _state.get("profile") or os.environ.get("TCAP_PROFILE") or "none (not started by tcap)"
+    rows = [("LIBRARY", "API", "THREADS", "CAP", "STATUS")]
+    for pool in info:
+        cap = cap_for(pool, caps)
+        threads = pool.get("num_threads") or 0
+        status = "-" if cap is None else ("ok" if threads <= cap else "OVER")
+        rows.append((str(pool.get("internal_api")), str(pool.get("user_api")), str(threads),
+                     "-" if cap is None else str(cap), status))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"tcap: profile {profile}, verify {mode}, {os_threads()} OS threads, "
+             f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} CPUs in affinity"]
+    if len(rows) == 1:
+        lines.append("no native thread pools loaded (threadpoolctl sees none yet)")
+    else:
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    print("\n".join(lines))
