@@ -51,10 +51,12 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
             plan, depends = build_plan(options, environ, machine)
             recipe = recipe_of(plan)
             cache.store(cache_file, key, depends, recipe)
-    if options.get("kernel") and recipe.get("bootstrap"):
-        # An IPython kernel: the probe (already in sys.modules there) also
-        # loads as an extension, to check the pools after every cell.
-        command = [*command, "--ext=_tcap_probe"]
+    if options.get("kernel"):
+        recipe = kernel_recipe(recipe)
+        if recipe.get("bootstrap"):
+            # The probe (already in sys.modules there) also loads as an
+            # IPython extension, to check the pools after every cell.
+            command = [*command, "--ext=_tcap_probe"]
     from tcap import launch
 
     if options.get("dry_run"):
@@ -70,6 +72,16 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
             recipe, command, environ, report=bool(options.get("report")), report_json=options.get("report_json")
         )
     launch.execute(recipe, command, environ)
+
+
+def kernel_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A kernel must be exec'ed (Jupyter signals and kills the pid it
+    started), so a strict plan runs it as warn, and says so."""
+    if recipe.get("verify") != "strict":
+        return recipe
+    sys.stderr.write("tcap: note: verify strict needs tcap to supervise; a kernel is exec'ed, so it runs as warn\n")
+    env = [[name, "warn" if name == "TCAP_VERIFY" else value] for name, value in recipe["env"]]
+    return {**recipe, "env": env, "verify": "warn"}
 
 
 def frozen_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,15 +241,15 @@ def kernel_list(options: Mapping[str, Any], rest: list[str], environ: Mapping[st
     if not found:
         sys.stdout.write("no tcap kernels (make one with: tcap kernel install -p PROFILE --user)\n")
         return 0
-    rows = [("NAME", "PROFILE", "CAPS", "STATUS", "DIRECTORY")]
+    rows = [("NAME", "PROFILE", "CAPS", "DIRECTORY", "STATUS")]
     for item in found:
         caps = item["caps"]
         text = "?" if caps is None else kernel.caps_words(caps["blas"], caps["openmp"])
         profile = str(item["profile"]) + (" (frozen)" if item["frozen"] else "")
         status = "stale: " + "; ".join(item["stale"]) if item["stale"] else "ok"
-        rows.append((item["name"], profile, text, status, item["resource_dir"]))
+        rows.append((item["name"], profile, text, item["resource_dir"], status))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
+    for row in rows:  # the status, last, is not padded: a stale reason can be long
         sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4] + "\n")
     return 0
 

@@ -52,7 +52,9 @@ def default_name(profile: str) -> str:
 
 def check_name(name: str) -> str:
     """The kernel name as Jupyter stores it (lowercase); a usage error if invalid."""
-    if not NAME.match(name.lower()):
+    # "." and ".." match Jupyter's pattern but name the kernels directory
+    # itself or its parent, which --force would delete.
+    if not NAME.match(name.lower()) or not name.strip("."):
         raise TcapError(
             f"invalid kernel name {name!r}: Jupyter allows only letters, digits, '.', '_' and '-'"
         )
@@ -155,6 +157,11 @@ def install(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str
     if is_path(spec):
         spec = os.path.abspath(spec)
     plan = build_plan({**options, "profile": spec}, environ)[0]
+    if plan.verify == "strict":
+        raise TcapError(
+            "verify strict needs tcap to supervise the process, but a kernel must be exec'ed (Jupyter signals "
+            "and restarts the pid it started): use --verify warn or enforce for a kernel"
+        )
     name = check_name(options.get("name") or default_name(plan.profile))
     python, version = python_facts(options.get("python") or sys.executable)
     manager = _spec_manager()

@@ -28,6 +28,9 @@ NUMERIC = frozenset(
 # check; afterwards every LAST seconds.
 SCHEDULE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 LAST = 15.0
+# For %tcap without the probe's TCAP_CAPS: the variables the main pools follow.
+ENV_CAPS = (("openblas", "OPENBLAS_NUM_THREADS"), ("mkl", "MKL_NUM_THREADS"), ("blis", "BLIS_NUM_THREADS"),
+            ("openmp", "OMP_NUM_THREADS"))
 
 _state = {}
 
@@ -431,8 +434,11 @@ def _magic(line=""):
         print(f"tcap: cannot inspect the thread pools: {error}")
         return
     caps = _state.get("caps") if "caps" in _state else _caps()
-    mode = _state.get("mode") or "not verifying"
-    profile = _state.get("profile") or os.environ.get("TCAP_PROFILE") or "none (not started by tcap)"
+    mode = _state.get("mode") or "off"
+    profile = _state.get("profile") or os.environ.get("TCAP_PROFILE")
+    if not caps:  # verification off, or not started by tcap: the variables say what was asked
+        caps = {key: int(os.environ[name]) for key, name in ENV_CAPS if os.environ.get(name, "").isdigit()}
+        profile = profile or "unknown (caps from the environment's variables)"
     rows = [("LIBRARY", "API", "THREADS", "CAP", "STATUS")]
     for pool in info:
         cap = cap_for(pool, caps)
