@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import kernel  # noqa: E402
 import launcher  # noqa: E402
 import probe  # noqa: E402
 import sampler  # noqa: E402
@@ -28,7 +29,13 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
-    sections = [launcher.run(args.rounds), probe.run(2 * args.rounds), sampler.run(20)]
+    # A kernel start and kill take ~0.7 s: 40 rounds (+3 warm-up) of 3 cases is about 90 s.
+    sections = [
+        launcher.run(args.rounds),
+        probe.run(2 * args.rounds),
+        sampler.run(20),
+        kernel.run(max(10, args.rounds * 2 // 3)),
+    ]
     today = datetime.date.today().isoformat()
     text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -633,6 +633,26 @@ def test_list_frozen_plan_gone_is_stale(jup: Jupyter) -> None:
     assert problem.startswith("frozen plan unreadable")
 
 
+def test_frozen_plan_whose_probe_files_moved(jup: Jupyter) -> None:
+    # tcap reinstalled elsewhere: the frozen recipe's bootstrap path is gone.
+    jup.iso.write_profile(PROFILE, CAPS_TEXT)
+    jup.install("-p", PROFILE, "--freeze")
+    plan_file = jup.kernels / f"tcap-{PROFILE}" / FROZEN
+    data = json.loads(plan_file.read_text())
+    assert data["recipe"]["bootstrap"]
+    data["recipe"]["bootstrap"] = str(jup.iso.root / "old-tcap" / "_bootstrap")
+    plan_file.write_text(json.dumps(data))
+    (problem,) = jup.listed()[0]["stale"]
+    assert problem.startswith("frozen plan: the probe's files are gone")
+
+    result = jup.iso.run("run", "--plan", str(plan_file), "--kernel", "--dry-run", "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert "the probe's files" in result.stderr and "running without verification" in result.stderr
+    assert result.stdout.startswith(f"frozen plan {plan_file}: verify warn")
+    assert "--ext=_tcap_probe" not in result.stdout
+    assert "OPENBLAS_NUM_THREADS=1" in result.stdout
+
+
 def test_list_interpreter_gone_is_stale(jup: Jupyter) -> None:
     # A venv's python found through a symlinked venv directory (a symlink to
     # the bare executable would lose the venv, and with it ipykernel).

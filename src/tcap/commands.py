@@ -102,6 +102,17 @@ def frozen_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
         raise TcapError(f"cannot read frozen plan: {failure.strerror}", path=path) from None
     except (ValueError, KeyError, TypeError, AttributeError) as failure:
         raise TcapError(f"not a frozen tcap plan: {failure}", path=path) from None
+    bootstrap = recipe.get("bootstrap")
+    if bootstrap and not os.path.isdir(bootstrap):
+        sys.stderr.write(
+            f"tcap: warning: {path}: the probe's files ({bootstrap}) are gone (tcap moved or was reinstalled?): "
+            "running without verification; freeze the plan again\n"
+        )
+        recipe = {**recipe, "bootstrap": None}
+    if options.get("dry_run"):
+        sys.stdout.write(f"frozen plan {path}: verify {recipe.get('verify')}, pin {recipe.get('pin') or 'none'}\n")
+        for name, value in recipe["env"]:
+            sys.stdout.write(f"  {name}={value}\n" if value is not None else f"  unset {name}\n")
     return dict(recipe)
 
 

@@ -248,7 +248,11 @@ def list_kernels(environ: Mapping[str, str]) -> list[dict[str, Any]]:
         try:
             if meta.get("frozen"):
                 with open(os.path.join(directory, FROZEN)) as f:
-                    plan = Plan.from_data(json.load(f)["plan"])
+                    frozen = json.load(f)
+                plan = Plan.from_data(frozen["plan"])
+                bootstrap = frozen["recipe"].get("bootstrap")
+                if bootstrap and not os.path.isdir(bootstrap):
+                    problems.append(f"frozen plan: the probe's files are gone ({bootstrap}): install it again")
             else:
                 options = parse(["run", *meta.get("flags", []), "--", "true"])[1]
                 plan = build_plan(options, environ)[0]
