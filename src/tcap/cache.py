@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MAX_ENTRIES = 64
 #: Bump when the recipe's shape changes, so older caches are never read.
-FORMAT = 2
+FORMAT = 3
 FILENAME = f"plans-{__version__}-{FORMAT}.marshal"
 
 

@@ -22,7 +22,10 @@ usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
        tcap run      --plan FILE [--kernel] [--] COMMAND [ARG...]
        tcap show     [PLAN OPTIONS] [--json]
        tcap env      [PLAN OPTIONS] [--shell sh|bash|zsh|fish]
-       tcap profiles [--json]
+       tcap profiles [--json | --names]
+       tcap alias    [-p P ...] [--shell bash|zsh|fish] [--static]
+       tcap shell-init [bash|zsh|fish] [-p P ...] [--static]
+       tcap bookings [--json]
        tcap kernel install [PLAN OPTIONS] [--name N] [--display-name D]
                      [--user | --sys-prefix | --prefix DIR] [--python PATH]
                      [--freeze] [--force]
@@ -40,7 +43,8 @@ plan options:
   --openmp N         cap for OpenMP pools
   --workers N        processes the program runs in parallel: pools get
                      cpus / N threads each, joblib's n_jobs=-1 means N
-  --cpus SPEC        all | a CPU list like 0-3,8 | first:N | physical
+  --cpus SPEC        all | a CPU list like 0-3,8 | first:N | physical |
+                     auto:N (N CPUs no other tcap launch holds)
   --set VAR=VALUE    also set VAR (repeatable)
   --verify MODE      off | warn | strict | enforce
 N may be an expression over cpus and physical, e.g. 'cpus/2' or 'max(1,cpus-2)'.
@@ -69,9 +73,17 @@ kernel install options (see docs/jupyter.md):
   --force            replace an existing kernelspec of that name (install);
                      remove one tcap did not make (remove)
 
+alias and shell-init (see docs/shared-servers.md):
+  -p P               a profile to make an alias for (repeatable; default: all)
+  --static           bake the resolved plan into the alias: no Python runs
+                     in front of the command (stale when the profile changes)
+  eval "$(tcap shell-init bash)" in ~/.bashrc defines the aliases and
+  completion; bookings lists the CPUs held by cpus = "auto:N" launches.
+
 exit codes: the command's own; 2 usage or configuration error; 125 other
 failure of tcap; 126 command not executable; 127 command not found; 86 a
-pool over its cap under verify strict (the command itself exited 0).
+pool over its cap under verify strict (the command itself exited 0); 75
+too few free CPUs for auto:N under the site policy's on_full = error/wait.
 """
 
 PLAN_OPTIONS = {
@@ -95,7 +107,10 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     ),
     "show": (PLAN_OPTIONS, ("--json",), False),
     "env": ({**PLAN_OPTIONS, "--shell": "shell"}, (), False),
-    "profiles": ({}, ("--json",), False),
+    "profiles": ({}, ("--json", "--names"), False),
+    "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
+    "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), True),
+    "bookings": ({}, ("--json",), False),
     "kernel install": (
         {**PLAN_OPTIONS, "--name": "name", "--display-name": "display_name", "--prefix": "prefix",
          "--python": "python"},
@@ -150,8 +165,8 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
                     raise TcapError(f"tcap {name}: {option} needs a value")
                 value = args[index]
             dest = valued[option]
-            if dest == "set":
-                options["set"].append(value)  # type: ignore[attr-defined]
+            if dest in ("set", "profiles"):  # repeatable
+                options.setdefault(dest, []).append(value)  # type: ignore[attr-defined]
             else:
                 options[dest] = value
         else:
@@ -184,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from tcap import commands
 
-        result: int = getattr(commands, name.replace(" ", "_"))(options, rest, os.environ)
+        result: int = getattr(commands, name.replace(" ", "_").replace("-", "_"))(options, rest, os.environ)
         return result
     except TcapError as error:
         sys.stderr.write(f"tcap: error: {error}\n")

@@ -148,6 +148,10 @@ def profiles(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
     from tcap.profiles import list_profiles
 
     listings = list_profiles(environ)
+    if options.get("names"):  # for shell completion
+        names = dict.fromkeys(listing.name for listing in listings if listing.error is None)
+        sys.stdout.write("".join(f"{name}\n" for name in names))
+        return 0
     if options.get("json"):
         sys.stdout.write(render.profiles_json(listings, search_path(environ)))
     else:
@@ -187,15 +191,21 @@ def build_plan(
     options: Mapping[str, Any], environ: Mapping[str, str], machine: Machine | None = None
 ) -> tuple[Plan, list[tuple[str, Any]]]:
     """Load the profile and resolve it: (plan, files it depended on)."""
+    from tcap.cache import signature
     from tcap.machine import read_machine
     from tcap.plan import resolve, uses_physical
+    from tcap.policy import load_policy, policy_path
     from tcap.profiles import load
 
     overrides = overrides_from(options)
-    profile = load(options.get("profile") or DEFAULT_PROFILE, environ)
+    policy = load_policy(environ)
+    default = policy.default_profile if policy is not None and policy.default_profile else DEFAULT_PROFILE
+    profile = load(options.get("profile") or default, environ)
     if machine is None or (machine.cores is None and uses_physical(profile, overrides)):
         machine = read_machine(topology=uses_physical(profile, overrides), environ=environ)
-    return resolve(profile, machine, overrides), profile.depends
+    path = policy_path(environ)
+    depends = [*profile.depends, (os.path.abspath(path), signature(path))]
+    return resolve(profile, machine, overrides, policy), depends
 
 
 def recipe_of(plan: Plan) -> dict[str, Any]:
@@ -207,9 +217,19 @@ def recipe_of(plan: Plan) -> dict[str, Any]:
     if plan.verify != "off":
         bootstrap, extra = probe_environ(plan)
         env += [[name, value] for name, value in extra.items()]
+    place = None
+    if plan.place is not None:
+        assert plan.cpu_set is not None
+        place = {
+            "count": plan.place,
+            "allowed": list(plan.cpu_set),
+            "on_full": plan.on_full,
+            "wait_timeout": plan.wait_timeout,
+        }
     return {
         "env": env,
         "pin": None if plan.pin is None else list(plan.pin),
+        "place": place,
         "verify": plan.verify,
         "bootstrap": bootstrap,
     }
@@ -273,4 +293,118 @@ def kernel_remove(options: Mapping[str, Any], rest: list[str], environ: Mapping[
         raise TcapError("tcap kernel remove: give exactly one kernel name (see tcap kernel list)")
     directory = kernel.remove(rest[0], bool(options.get("force")))
     sys.stdout.write(f"removed kernel {rest[0].lower()} ({directory})\n")
+    return 0
+
+
+def self_command() -> list[str]:
+    """How a shell should start this tcap: its console script when there is
+    one next to the interpreter, else ``python -m tcap``."""
+    script = os.path.join(os.path.dirname(sys.executable), "tcap")
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return [os.path.abspath(script)]
+    return [os.path.abspath(sys.executable), "-m", "tcap"]
+
+
+def _shell_of(options: Mapping[str, Any], environ: Mapping[str, str], given: str | None = None) -> str:
+    from tcap.shell import SHELLS
+
+    shell = given or options.get("shell") or os.path.basename(environ.get("SHELL", "")) or "bash"
+    if shell not in SHELLS:
+        if given or options.get("shell"):
+            raise TcapError(f"unsupported shell {shell!r}: choose one of {', '.join(SHELLS)}")
+        shell = "bash"
+    return shell
+
+
+def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: str) -> str:
+    """One alias (fish: function) per profile: the named ones, or every
+    valid profile on the search path."""
+    import datetime
+    import shutil
+
+    from tcap.profiles import list_profiles, load
+    from tcap.shell import alias_name, dynamic_alias, static_alias
+
+    names: list[str] = list(options.get("profiles") or [])
+    if not names:
+        names = list(dict.fromkeys(item.name for item in list_profiles(environ) if item.error is None))
+    tcap = self_command()
+    taskset = shutil.which("taskset", path=environ.get("PATH"))
+    blocks: list[str] = []
+    seen: dict[str, str] = {}
+    for name in names:
+        profile = load(name, environ)  # a missing or broken profile is an error, before anything is printed
+        alias = alias_name(profile.name, profile.alias)
+        if alias in seen:
+            raise TcapError(f"alias {alias!r} is asked for by both profile {seen[alias]!r} and {profile.name!r}")
+        seen[alias] = profile.name
+        if not options.get("static"):
+            blocks.append(dynamic_alias(alias, tcap, name, shell))
+            continue
+        plan = build_plan({**options, "profile": name}, environ)[0]
+        why_dynamic = None
+        if plan.verify == "strict":
+            why_dynamic = "verify strict needs tcap to supervise the run"
+        elif plan.place is not None:
+            why_dynamic = "auto CPU placement books CPUs at each launch"
+        if why_dynamic:
+            blocks.append(f"# {alias}: not static: {why_dynamic}\n" + dynamic_alias(alias, tcap, name, shell))
+            continue
+        import socket
+
+        header = (
+            f"{alias}: static alias of profile {profile.name} ({profile.path}), resolved on "
+            f"{socket.gethostname()} on {datetime.date.today().isoformat()} for {plan.cpus} usable CPUs.\n"
+            "It goes stale when the profile, the site policy or the machine changes: run "
+            "`tcap alias --static` again then."
+        )
+        blocks.append(static_alias(alias, recipe_of(plan), shell, taskset, header))
+    return "\n".join(blocks) + ("\n" if blocks else "")
+
+
+def alias(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap alias``: shell aliases that run commands under profiles."""
+    shell = _shell_of(options, environ)
+    sys.stdout.write(aliases_text(options, environ, shell))
+    return 0
+
+
+def shell_init(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap shell-init SHELL``: aliases and completion, for eval in an rc file."""
+    from tcap.cli import COMMANDS
+    from tcap.shell import completion
+
+    if len(rest) > 1:
+        raise TcapError(f"tcap shell-init: unexpected argument {rest[1]!r}")
+    shell = _shell_of(options, environ, rest[0] if rest else None)
+    text = f"# tcap shell-init {shell}: aliases for tcap's profiles, and completion\n"
+    text += aliases_text(options, environ, shell)
+    text += completion(shell, self_command(), COMMANDS) + "\n"
+    sys.stdout.write(text)
+    return 0
+
+
+def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap bookings``: the CPUs live tcap launches hold (auto placement)."""
+    import json
+    import pwd
+
+    from tcap.cpuset import format_cpu_list
+    from tcap.placement import bookings_dir, list_bookings
+
+    found = list_bookings(environ)
+    for item in found:
+        try:
+            item["user"] = pwd.getpwuid(item["uid"]).pw_name
+        except KeyError:
+            item["user"] = str(item["uid"])
+    if options.get("json"):
+        sys.stdout.write(json.dumps({"directory": bookings_dir(environ), "bookings": found}, indent=2) + "\n")
+        return 0
+    if not found:
+        sys.stdout.write(f"no live CPU bookings in {bookings_dir(environ)}\n")
+        return 0
+    sys.stdout.write(f"{'PID':<8} {'USER':<12} CPUS\n")
+    for item in sorted(found, key=lambda item: item["pid"]):
+        sys.stdout.write(f"{item['pid']:<8} {item['user']:<12} {format_cpu_list(item['cpus'])}\n")
     return 0

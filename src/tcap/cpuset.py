@@ -57,23 +57,25 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
 
 
 #: The forms a profile's ``cpus`` may take, for messages.
-CPU_SPEC_FORMS = '"all", a CPU list like "0-3,8", "first:N" or "physical"'
+CPU_SPEC_FORMS = '"all", a CPU list like "0-3,8", "first:N", "auto:N" or "physical"'
 
 
 def parse_cpu_spec(text: str) -> tuple[str, frozenset[int] | int | None]:
     """Parse a ``cpus`` value into (kind, argument).
 
-    ``("all", None)``, ``("list", cpus)``, ``("first", n)`` or
-    ``("physical", None)``; ``ValueError`` otherwise.
+    ``("all", None)``, ``("list", cpus)``, ``("first", n)``, ``("auto", n)``
+    (n CPUs booked at launch, see tcap.placement) or ``("physical", None)``;
+    ``ValueError`` otherwise.
     """
     spec = text.strip()
     if spec in ("all", "physical"):
         return spec, None
-    if spec.startswith("first:"):
-        count = _number(spec[len("first:"):], "count")
-        if count < 1:
-            raise ValueError("first:N needs N of at least 1")
-        return "first", count
+    for kind in ("first", "auto"):
+        if spec.startswith(kind + ":"):
+            count = _number(spec[len(kind) + 1 :], "count")
+            if count < 1:
+                raise ValueError(f"{kind}:N needs N of at least 1")
+            return kind, count
     try:
         return "list", parse_cpu_list(spec)
     except ValueError as error:

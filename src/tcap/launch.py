@@ -54,9 +54,14 @@ def probe_environ(plan: Plan) -> tuple[str, dict[str, str]]:
     return os.path.join(here, "_bootstrap"), extra
 
 
-def pin(recipe: Mapping[str, Any]) -> None:
-    """Apply the recipe's CPU pinning to this process (children inherit it)."""
+def pin(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """Apply the recipe's CPU pinning to this process (children inherit it);
+    for auto placement, book the CPUs first (tcap.placement)."""
     cpus = recipe.get("pin")
+    if recipe.get("place"):
+        from tcap.placement import book
+
+        cpus = book(recipe["place"], environ)
     if cpus is None:
         return
     try:
@@ -68,7 +73,7 @@ def pin(recipe: Mapping[str, Any]) -> None:
 def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """Pin, then replace this process with ``argv``; raise TcapError on failure."""
     env = child_environ(recipe, environ)
-    pin(recipe)
+    pin(recipe, environ)
     command = argv[0]
     first: OSError | None = None
     # execvpe's own PATH search imports warnings (os.get_exec_path); this

@@ -16,6 +16,7 @@ from typing import Any
 from tcap.cpuset import format_cpu_list, parse_cpu_spec
 from tcap.errors import TcapError
 from tcap.machine import Machine, usable
+from tcap.policy import Policy
 from tcap.profiles import Origin, Profile, Setting, count_problem
 from tcap.variables import APIS, CAP_KEYS, VARIABLES, keys_for
 
@@ -73,6 +74,11 @@ class Plan:
     #: Why each of cpus (the set), workers, verify and every cap is so.
     why: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: ``cpus = "auto:N"``: N CPUs to book at launch among ``cpu_set``.
+    place: int | None = None
+    #: The site policy's on_full and wait_timeout, for the booking.
+    on_full: str = "share"
+    wait_timeout: float = 600.0
 
     def to_data(self) -> dict[str, Any]:
         """Plain data (JSON and marshal friendly)."""
@@ -98,19 +104,48 @@ def uses_physical(profile: Profile, overrides: Overrides) -> bool:
     return any(isinstance(v, str) and "physical" in v for v in values)
 
 
-def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
-    """Turn a merged profile, machine facts and flags into a Plan."""
+def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Policy | None = None) -> Plan:
+    """Turn a merged profile, machine facts, flags and the site policy into a Plan."""
     notes: list[str] = []
     settings = _apply_flags(profile.settings, overrides, notes)
     why: dict[str, str] = {}
 
     # The CPU set, then how many CPUs it leaves.
     cpu_setting = settings.get("cpus")
-    pin, cpu_set = _cpu_set(cpu_setting, machine, notes)
+    place = None
+    if cpu_setting is not None and parse_cpu_spec(str(cpu_setting.value))[0] == "auto":
+        place = int(parse_cpu_spec(str(cpu_setting.value))[1])  # type: ignore[arg-type]
+        pin, cpu_set = None, None if machine.allowed is None else tuple(sorted(machine.allowed))
+        if cpu_set is None:
+            raise TcapError(
+                "cpus: auto placement needs a CPU affinity mask, which this system lacks",
+                path=_path(cpu_setting.origin), line=cpu_setting.origin.line,
+            )
+    else:
+        pin, cpu_set = _cpu_set(cpu_setting, machine, notes)
     why["cpu_set"] = "default: all usable CPUs" if cpu_setting is None else str(cpu_setting)
-    count, count_why = usable(machine, None if cpu_set is None else frozenset(cpu_set))
+    if policy is not None:
+        chosen = cpu_setting is not None and parse_cpu_spec(str(cpu_setting.value))[0] != "all"
+        pin, cpu_set, place = _policy_cpus(policy, pin, cpu_set, place, chosen, why, notes)
+    if place is not None:
+        assert cpu_set is not None
+        if place > len(cpu_set):
+            assert cpu_setting is not None
+            raise TcapError(
+                f"cpus: auto:{place} asks for more than the {len(cpu_set)} CPUs tcap may use "
+                f"({format_cpu_list(cpu_set)})",
+                path=_path(cpu_setting.origin), line=cpu_setting.origin.line,
+            )
+        available, available_why = usable(machine, frozenset(cpu_set))
+        count = min(place, available)
+        count_why = (
+            f"auto:{place}: {place} CPU{'s' if place != 1 else ''} booked at launch among "
+            f"{format_cpu_list(cpu_set)} ({available_why})"
+        )
+    else:
+        count, count_why = usable(machine, None if cpu_set is None else frozenset(cpu_set))
     physical = None
-    if machine.cores is not None and cpu_set is not None:
+    if machine.cores is not None and cpu_set is not None and place is None:
         physical = len({machine.cores[c] for c in cpu_set if c in machine.cores})
     # One thread per core, but never more than the usable CPUs (a cgroup quota
     # or Slurm allocation smaller than the core count still applies).
@@ -136,8 +171,17 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
 
     explicit = {key: found for key in CAP_KEYS if (found := number(key)) is not None}
 
+    ceiling = policy.max_threads if policy is not None else None
+    capped: list[str] = []
+
     def cap(keys: tuple[str, ...]) -> tuple[int, str]:
-        return next((explicit[k] for k in keys if k in explicit), (default, default_why))
+        value, reason = next((explicit[k] for k in keys if k in explicit), (default, default_why))
+        if ceiling is not None and value > ceiling:
+            assert policy is not None
+            if keys[0] not in capped:
+                capped.append(keys[0])
+            return ceiling, f"{reason}; capped to {ceiling} by policy {policy.origin('max_threads')}"
+        return value, reason
 
     caps: dict[str, int] = {}
     for key in ("threads", *APIS):
@@ -155,12 +199,24 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
     for name, text in overrides.env:
         extra[name] = Setting(text, Origin(f"flag --set {name}={text}"))
     by_name = {change.name: i for i, change in enumerate(env)}
+    thread_variables = {v.name for v in VARIABLES if v.basis != "workers"}
     for name, setting in extra.items():
         change = EnvChange(name, setting.value, str(setting))
+        value = setting.value
+        over = isinstance(value, str) and value.isdigit() and ceiling is not None and int(value) > ceiling
+        if over and name in thread_variables:
+            assert policy is not None
+            change = EnvChange(name, str(ceiling), f"{setting}; capped to {ceiling} by policy "
+                               f"{policy.origin('max_threads')}")
+            capped.append(name)
         if name in by_name:
             env[by_name[name]] = change
         else:
             env.append(change)
+
+    if capped:
+        assert policy is not None
+        notes.append(f"policy {policy.origin('max_threads')} capped: {', '.join(capped)}")
 
     verify_setting = settings.get("verify")
     verify = DEFAULT_VERIFY if verify_setting is None else str(verify_setting.value)
@@ -181,7 +237,65 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides) -> Plan:
         verify=verify,
         why=why,
         notes=tuple(notes),
+        place=place,
+        on_full=policy.on_full if policy is not None else "share",
+        wait_timeout=policy.wait_timeout if policy is not None else 600.0,
     )
+
+
+def _policy_cpus(
+    policy: Policy,
+    pin: tuple[int, ...] | None,
+    cpu_set: tuple[int, ...] | None,
+    place: int | None,
+    chosen: bool,
+    why: dict[str, str],
+    notes: list[str],
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None, int | None]:
+    """The site policy's allowed_cpus and max_cpus applied to the CPU set.
+
+    A launch over max_cpus keeps the first max_cpus CPUs of a set the user
+    chose; without a choice it books max_cpus CPUs (as ``auto:N``), so that
+    capped launches spread over the machine instead of all taking CPU 0..N-1.
+    """
+    if policy.allowed_cpus is not None:
+        if cpu_set is None:
+            raise TcapError(
+                "allowed_cpus: this system has no CPU affinity mask to restrict", path=policy.path
+            )
+        kept = tuple(c for c in cpu_set if c in policy.allowed_cpus)
+        if not kept:
+            raise TcapError(
+                f"allowed_cpus: none of the CPUs {format_cpu_list(cpu_set)} is allowed by the site policy "
+                f"({policy.origin('allowed_cpus')})",
+                path=policy.path,
+            )
+        if kept != cpu_set:
+            notes.append(
+                f"policy {policy.origin('allowed_cpus')}: CPUs {format_cpu_list(set(cpu_set) - set(kept))} left out"
+            )
+            why["cpu_set"] += f"; restricted to {format_cpu_list(kept)} by policy {policy.origin('allowed_cpus')}"
+            cpu_set = kept
+            pin = None if place is not None else kept
+    if policy.max_cpus is not None:
+        if place is not None and place > policy.max_cpus:
+            notes.append(f"policy {policy.origin('max_cpus')}: auto:{place} reduced to auto:{policy.max_cpus}")
+            place = policy.max_cpus
+        elif place is None and cpu_set is not None and len(cpu_set) > policy.max_cpus and not chosen:
+            notes.append(
+                f"policy {policy.origin('max_cpus')}: {len(cpu_set)} CPUs reduced to {policy.max_cpus}, "
+                "booked at launch (auto placement)"
+            )
+            why["cpu_set"] += f"; auto:{policy.max_cpus} by policy {policy.origin('max_cpus')}"
+            pin, place = None, policy.max_cpus
+        elif place is None and cpu_set is not None and len(cpu_set) > policy.max_cpus:
+            kept = cpu_set[: policy.max_cpus]
+            notes.append(
+                f"policy {policy.origin('max_cpus')}: {len(cpu_set)} CPUs reduced to {format_cpu_list(kept)}"
+            )
+            why["cpu_set"] += f"; first {policy.max_cpus} kept by policy {policy.origin('max_cpus')}"
+            cpu_set, pin = kept, kept
+    return pin, cpu_set, place
 
 
 def _apply_flags(profile_settings: Mapping[str, Setting], overrides: Overrides, notes: list[str]) -> dict[str, Setting]:

@@ -26,8 +26,10 @@ from tcap.search import is_path, search_path
 from tcap.variables import CAP_KEYS
 
 VERIFY_MODES = ("off", "warn", "strict", "enforce")
-TOP_KEYS = ("description", "extends", *CAP_KEYS, "workers", "cpus", "verify", "env")
+TOP_KEYS = ("description", "extends", "alias", *CAP_KEYS, "workers", "cpus", "verify", "env")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: What a profile's ``alias`` may be: a plain command word in bash, zsh and fish.
+ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 # A file's identity for the plan cache (see tcap.cache.signature).
 Signature = tuple[int, int, int] | None
@@ -66,6 +68,8 @@ class Profile:
     name: str
     path: str
     description: str = ""
+    #: The shell alias this profile's own file asks for (never inherited).
+    alias: str | None = None
     settings: dict[str, Setting] = field(default_factory=dict)
     #: Extra variables: value is a string, or None to unset.
     env: dict[str, Setting] = field(default_factory=dict)
@@ -141,6 +145,9 @@ def _merge_file(profile: Profile, path: str, environ: Mapping[str, str], stack: 
         origin = Origin(path, locate(text, None, key), key)
         if key == "description":
             profile.description = value
+        elif key == "alias":
+            if os.path.realpath(path) == os.path.realpath(profile.path):
+                profile.alias = value
         else:
             profile.settings[key] = Setting(value, origin)
     for name, value in data.get("env", {}).items():
@@ -167,7 +174,7 @@ def _find_parent(
     return found
 
 
-def read_toml(path: str) -> tuple[dict[str, Any], str]:
+def read_toml(path: str, what: str = "profile") -> tuple[dict[str, Any], str]:
     """Parse one TOML file; errors carry the file and line."""
     import tomllib
 
@@ -175,7 +182,7 @@ def read_toml(path: str) -> tuple[dict[str, Any], str]:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as error:
-        raise TcapError(f"cannot read profile: {error.strerror}", path=path) from None
+        raise TcapError(f"cannot read {what}: {error.strerror}", path=path) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -207,6 +214,9 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
         if key == "description":
             if not isinstance(value, str):
                 raise fail("description: expected a string", key)
+        elif key == "alias":
+            if not isinstance(value, str) or not ALIAS_RE.match(value):
+                raise fail(f"alias: expected a command name (letters, digits, '_', '.', '+', '-'), not {value!r}", key)
         elif key == "extends":
             names = [value] if isinstance(value, str) else value
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -305,6 +315,7 @@ class Listing:
     description: str
     shadowed_by: str | None
     error: str | None
+    alias: str | None = None
 
 
 def list_profiles(environ: Mapping[str, str]) -> list[Listing]:
@@ -319,13 +330,14 @@ def list_profiles(environ: Mapping[str, str]) -> list[Listing]:
         for filename in names:
             path = os.path.join(directory, filename)
             name = _stem(path)
-            description, error = "", None
+            description, error, alias = "", None, None
             try:
                 data, text = read_toml(path)
                 validate(data, text, path)
                 description = data.get("description", "")
+                alias = data.get("alias")
             except TcapError as problem:
                 error = str(problem)
-            listings.append(Listing(name, path, label, description, seen.get(name), error))
+            listings.append(Listing(name, path, label, description, seen.get(name), error, alias))
             seen.setdefault(name, path)
     return listings

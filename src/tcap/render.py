@@ -18,7 +18,12 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
         lines.append(f"          {plan.description}")
     lines.append(f"cpus      {plan.cpus}  ({plan.cpus_why})")
     if plan.cpu_set is not None:
-        pinned = f"pinned to {format_cpu_list(plan.pin)}" if plan.pin is not None else "affinity left as it is"
+        if plan.place is not None:
+            pinned = f"{plan.place} of them booked at launch, free ones first, on_full = {plan.on_full}"
+        elif plan.pin is not None:
+            pinned = f"pinned to {format_cpu_list(plan.pin)}"
+        else:
+            pinned = "affinity left as it is"
         lines.append(f"cpu set   {format_cpu_list(plan.cpu_set)}  ({pinned}; {plan.why['cpu_set']})")
     if plan.physical is not None:
         lines.append(f"physical  {plan.physical} cores in the set")
@@ -54,6 +59,15 @@ def quote(value: str, shell: str) -> str:
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     # POSIX shells, bash and zsh: nothing is special inside single quotes.
     return "'" + value.replace("'", "'\\''") + "'"
+
+
+def word(value: str, shell: str) -> str:
+    """``value`` bare when no shell could read anything into it, else quoted."""
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:@+=-]*", value):
+        return value
+    return quote(value, shell)
 
 
 def env_script(plan: Plan, shell: str) -> str:

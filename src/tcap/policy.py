@@ -1,0 +1,95 @@
+"""Site policy: the ceilings an administrator sets in ``$TCAP_SITE_DIR/policy.toml``.
+
+Applied after profiles and flags (``tcap.plan.resolve``), so users cannot
+go above them; ``tcap show`` says which values it capped. A policy file that
+cannot be read or does not validate is an error, never ignored: a broken
+ceiling must not silently become no ceiling.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcap.cpuset import parse_cpu_list
+from tcap.errors import TcapError
+from tcap.search import site_dir
+
+#: What a full machine does to ``cpus = "auto:N"``.
+ON_FULL = ("share", "wait", "error")
+KEYS = ("max_threads", "max_cpus", "allowed_cpus", "default_profile", "on_full", "wait_timeout")
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    #: Ceiling of every thread pool's cap.
+    max_threads: int | None = None
+    #: Most CPUs one launch may run on.
+    max_cpus: int | None = None
+    #: The only CPUs launches may run on.
+    allowed_cpus: frozenset[int] | None = None
+    #: The profile used when no -p is given.
+    default_profile: str | None = None
+    on_full: str = "share"
+    #: Seconds ``on_full = "wait"`` waits for free CPUs before failing.
+    wait_timeout: float = 600.0
+    #: key -> ``FILE:LINE key = value``, for the "why" of capped values.
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        return self.origins.get(key, f"{self.path} {key}")
+
+
+def policy_path(environ: Mapping[str, str]) -> str:
+    return os.path.join(site_dir(environ), "policy.toml")
+
+
+def load_policy(environ: Mapping[str, str]) -> Policy | None:
+    """The site policy, or None when there is no policy file."""
+    path = policy_path(environ)
+    if not os.path.lexists(path):
+        return None
+    from tcap.profiles import locate, read_toml
+
+    data, text = read_toml(path, what="policy")
+    values: dict[str, Any] = {}
+    origins = {}
+    for key, value in data.items():
+        line = locate(text, None, key)
+
+        def fail(message: str, key: str = key, line: int | None = line) -> TcapError:
+            return TcapError(f"{key}: {message}", path=path, line=line)
+
+        if key not in KEYS:
+            from tcap.profiles import did_you_mean
+
+            raise TcapError(f"unknown key {key!r}{did_you_mean(key, KEYS)}", path=path, line=line)
+        if key in ("max_threads", "max_cpus"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise fail(f"expected an integer >= 1, not {value!r}")
+        elif key == "allowed_cpus":
+            if not isinstance(value, str):
+                raise fail(f"expected a CPU list string such as \"0-15\", not {value!r}")
+            try:
+                value = parse_cpu_list(value)
+            except ValueError as error:
+                raise fail(str(error)) from None
+        elif key == "default_profile":
+            from tcap.profiles import NAME_RE
+
+            if not isinstance(value, str) or not NAME_RE.match(value):
+                raise fail(f"expected a profile name, not {value!r}")
+        elif key == "on_full":
+            if value not in ON_FULL:
+                raise fail(f"expected one of {', '.join(ON_FULL)}, not {value!r}")
+        elif key == "wait_timeout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise fail(f"expected a number of seconds >= 0, not {value!r}")
+            value = float(value)
+        values[key] = value
+        shown = data[key]
+        origins[key] = f"{path}:{line} {key} = {shown!r}" if line else f"{path} {key} = {shown!r}"
+    return Policy(path=path, origins=origins, **values)
