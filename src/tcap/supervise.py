@@ -157,9 +157,13 @@ class Sampler:
         self.processes: dict[int, dict[str, Any]] = {}
         self.peak_total = 0
         self.tick = os.sysconf("SC_CLK_TCK")
+        #: The pids of the tree at the last sample.
+        self.last: list[int] = []
+        #: pid -> command name when last sampled: a change means an exec.
+        self.names: dict[int, bytes] = {}
 
     def sample(self) -> None:
-        stats: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, threads, cpu seconds)
+        stats: dict[int, tuple[int, int, float, bytes]] = {}  # pid -> (ppid, threads, cpu seconds, comm)
         try:
             names = os.listdir("/proc")
         except OSError:
@@ -169,36 +173,44 @@ class Sampler:
                 continue
             stat = _stat(int(name))
             if stat is not None:
-                stats[int(name)] = (stat[0], stat[1], (stat[2] + stat[3]) / self.tick)
+                stats[int(name)] = (stat[0], stat[1], (stat[2] + stat[3]) / self.tick, stat[4])
         children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in stats.items():
+        for pid, (ppid, *_) in stats.items():
             children.setdefault(ppid, []).append(pid)
         if self.root not in stats:
             return
         total = 0
         todo = [self.root]
+        self.last = []
         while todo:
             pid = todo.pop()
+            self.last.append(pid)
             todo.extend(children.get(pid, ()))
-            _, threads, cpu = stats[pid]
+            _, threads, cpu, comm = stats[pid]
             total += threads
             seen = self.processes.get(pid)
             if seen is None:
                 self.processes[pid] = {"argv": _cmdline(pid), "peak_os_threads": threads, "cpu_seconds": round(cpu, 2)}
+                self.names[pid] = comm
             else:
+                if self.names.get(pid) != comm:  # it exec'd since (a fork first seen before its exec)
+                    self.names[pid] = comm
+                    seen["argv"] = _cmdline(pid) or seen["argv"]
                 seen["peak_os_threads"] = max(seen["peak_os_threads"], threads)
                 seen["cpu_seconds"] = max(seen["cpu_seconds"], round(cpu, 2))
         self.peak_total = max(self.peak_total, total)
 
 
-def _stat(pid: int) -> tuple[int, int, int, int] | None:
-    """(ppid, threads, utime, stime) of ``pid`` from /proc, or None if it is gone."""
+def _stat(pid: int) -> tuple[int, int, int, int, bytes] | None:
+    """(ppid, threads, utime, stime, command name) of ``pid`` from /proc, or
+    None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
         # The command name (field 2) is in parentheses and may contain anything.
-        fields = data[data.rindex(b")") + 2 :].split()
-        return int(fields[1]), int(fields[17]), int(fields[11]), int(fields[12])
+        end = data.rindex(b")")
+        fields = data[end + 2 :].split()
+        return int(fields[1]), int(fields[17]), int(fields[11]), int(fields[12]), data[data.index(b"(") + 1 : end]
     except (OSError, ValueError, IndexError):
         return None
 
