@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import alias  # noqa: E402
 import kernel  # noqa: E402
 import launcher  # noqa: E402
 import probe  # noqa: E402
@@ -33,6 +34,7 @@ def main() -> int:
     sections = [
         launcher.run(args.rounds),
         probe.run(2 * args.rounds),
+        alias.run(2 * args.rounds),
         sampler.run(20),
         kernel.run(max(10, args.rounds * 2 // 3)),
     ]

@@ -98,8 +98,10 @@ PLAN_OPTIONS = {
     "--verify": "verify",
 }
 
-# command -> (options taking a value, flags without one, takes a command)
-COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
+# command -> (options taking a value, flags without one, what else it takes:
+# True a command (options end at its first word), "args" plain arguments
+# among the options, False nothing)
+COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
     "run": (
         {**PLAN_OPTIONS, "--report-json": "report_json", "--plan": "plan"},
         ("--dry-run", "--report", "--kernel"),
@@ -109,7 +111,7 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     "env": ({**PLAN_OPTIONS, "--shell": "shell"}, (), False),
     "profiles": ({}, ("--json", "--names"), False),
     "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
-    "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), True),
+    "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), "args"),
     "bookings": ({}, ("--json",), False),
     "kernel install": (
         {**PLAN_OPTIONS, "--name": "name", "--display-name": "display_name", "--prefix": "prefix",
@@ -118,7 +120,7 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
         False,
     ),
     "kernel list": ({}, ("--json",), False),
-    "kernel remove": ({}, ("--force",), True),
+    "kernel remove": ({}, ("--force",), "args"),
 }
 KERNEL_COMMANDS = ("install", "list", "remove")
 
@@ -139,6 +141,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
         raise TcapError(f"unknown command {name!r}{did_you_mean(name, list(COMMANDS))} (see tcap --help)")
     valued, flags, takes_command = COMMANDS[name]
     options: dict[str, object] = {"set": []}
+    positional: list[str] = []
     index = 0
     while index < len(args):
         arg = args[index]
@@ -146,6 +149,10 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
             index += 1
             break
         if not arg.startswith("-") or arg == "-":
+            if takes_command == "args":
+                positional.append(arg)
+                index += 1
+                continue
             break
         option, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if option in ("-h", "--help"):
@@ -175,7 +182,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
             known = [*valued, *flags]
             raise TcapError(f"tcap {name}: unknown option {option}{did_you_mean(option, known)}")
         index += 1
-    rest = args[index:]
+    rest = positional + args[index:]
     if rest and not takes_command:
         raise TcapError(f"tcap {name}: unexpected argument {rest[0]!r}")
     return name, options, rest
@@ -202,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = getattr(commands, name.replace(" ", "_").replace("-", "_"))(options, rest, os.environ)
         return result
     except TcapError as error:
-        sys.stderr.write(f"tcap: error: {error}\n")
+        # One line, whatever a path in the message contains.
+        sys.stderr.write(f"tcap: error: {str(error).replace(chr(10), chr(92) + 'n')}\n")
         return error.code
     except KeyboardInterrupt:
         return 130

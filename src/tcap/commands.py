@@ -200,7 +200,13 @@ def build_plan(
     overrides = overrides_from(options)
     policy = load_policy(environ)
     default = policy.default_profile if policy is not None and policy.default_profile else DEFAULT_PROFILE
-    profile = load(options.get("profile") or default, environ)
+    try:
+        profile = load(options.get("profile") or default, environ)
+    except TcapError as error:
+        if options.get("profile") or policy is None or not policy.default_profile:
+            raise
+        error.message += f" (the site policy's {policy.origin('default_profile')})"
+        raise
     if machine is None or (machine.cores is None and uses_physical(profile, overrides)):
         machine = read_machine(topology=uses_physical(profile, overrides), environ=environ)
     path = policy_path(environ)
@@ -237,8 +243,10 @@ def recipe_of(plan: Plan) -> dict[str, Any]:
 
 def cache_key(options: Mapping[str, Any], environ: Mapping[str, str], machine: Machine) -> tuple[Any, ...]:
     """Everything besides profile files that decides a plan."""
-    spec = options.get("profile") or DEFAULT_PROFILE
-    if is_path(spec):
+    # No -p is its own key: the site policy's default_profile may name another
+    # profile than "default" (the policy file is a dependency of the entry).
+    spec = options.get("profile")
+    if spec is not None and is_path(spec):
         spec = os.path.abspath(spec)
     flags = tuple(
         (key, tuple(value) if isinstance(value, list) else value)
@@ -408,3 +416,4 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
     for item in sorted(found, key=lambda item: item["pid"]):
         sys.stdout.write(f"{item['pid']:<8} {item['user']:<12} {format_cpu_list(item['cpus'])}\n")
     return 0
+

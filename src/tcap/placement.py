@@ -22,6 +22,7 @@ can book CPUs, and processes not started by tcap book nothing.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import sys
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 EXIT_BUSY = 75
 #: Seconds between two CPU-time readings used to tell idle CPUs from busy ones.
 IDLE_SAMPLE = 0.02
+#: Seconds a launch waits for the bookings lock (held for milliseconds normally).
+LOCK_PATIENCE = 10.0
 
 
 def bookings_dir(environ: Mapping[str, str]) -> str:
@@ -60,7 +63,8 @@ def _open_dir(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as failure:
-        reason = "a symlink" if failure.errno == errno.ELOOP else failure.strerror
+        symlink = failure.errno == errno.ELOOP or os.path.islink(path)
+        reason = "a symlink" if symlink else failure.strerror
         raise TcapError(f"unusable CPU bookings directory ({reason})", path=path) from None
     info = os.fstat(fd)
     if info.st_mode & 0o002 and not info.st_mode & stat.S_ISVTX:
@@ -70,11 +74,13 @@ def _open_dir(path: str) -> int:
 
 
 def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks since boot), or None if it is gone."""
+    """The start time of ``pid`` (clock ticks since boot), or None if it is
+    gone (a zombie, dead but not yet collected by its parent, counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return int(data[data.rindex(b")") + 2 :].split()[19])
+        fields = data[data.rindex(b")") + 2 :].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -83,6 +89,8 @@ def _alive(pid: int, start: int) -> bool:
     found = start_time(pid)
     if found is not None:
         return found == start
+    if os.path.exists(f"/proc/{pid}"):  # a zombie
+        return False
     try:  # /proc hides other users' processes under hidepid: ask the kernel
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,6 +112,8 @@ def read_bookings(directory: int, clean: bool = True) -> list[dict[str, Any]]:
             with os.fdopen(fd) as f:
                 owner = os.fstat(f.fileno()).st_uid
                 data = json.load(f)
+            if not isinstance(data["cpus"], list):
+                continue
             cpus = [int(c) for c in data["cpus"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -158,8 +168,6 @@ def choose(count: int, allowed: Iterable[int], held: Mapping[int, int], busy: Ma
 def book(place: Mapping[str, Any], environ: Mapping[str, str], pid: int | None = None) -> list[int]:
     """Book ``place["count"]`` CPUs among ``place["allowed"]`` for ``pid``
     (default: this process, which is about to exec the command)."""
-    import fcntl
-
     count, allowed = int(place["count"]), sorted(place["allowed"])
     on_full, timeout = place.get("on_full", "share"), float(place.get("wait_timeout", 600))
     pid = os.getpid() if pid is None else pid
@@ -175,7 +183,7 @@ def book(place: Mapping[str, Any], environ: Mapping[str, str], pid: int | None =
         lock = os.open(".lock", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o444, dir_fd=directory)
         try:
             while True:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                _lock(lock, path)
                 try:
                     held: dict[int, int] = {}
                     for booking in read_bookings(directory):
@@ -213,6 +221,23 @@ def book(place: Mapping[str, Any], environ: Mapping[str, str], pid: int | None =
             f"{_cpu_text(shared)} with other tcap launches\n"
         )
     return chosen
+
+
+def _lock(fd: int, path: str, patience: float = LOCK_PATIENCE) -> None:
+    """Take the bookings lock, or fail after ``patience`` seconds: a process
+    holding it forever (stopped, or hostile) must not hang every launch."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TcapError(
+                    f"the CPU bookings lock has been held for {patience:g} s by another process", path=path,
+                    code=EXIT_BUSY,
+                ) from None
+            time.sleep(0.01)
 
 
 def _write(directory: int, pid: int, start: int, cpus: list[int]) -> None:

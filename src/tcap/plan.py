@@ -200,15 +200,21 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Po
         extra[name] = Setting(text, Origin(f"flag --set {name}={text}"))
     by_name = {change.name: i for i, change in enumerate(env)}
     thread_variables = {v.name for v in VARIABLES if v.basis != "workers"}
+    computed = {change.name: change.value for change in env}
     for name, setting in extra.items():
         change = EnvChange(name, setting.value, str(setting))
-        value = setting.value
-        over = isinstance(value, str) and value.isdigit() and ceiling is not None and int(value) > ceiling
-        if over and name in thread_variables:
+        if ceiling is not None and name in thread_variables:
             assert policy is not None
-            change = EnvChange(name, str(ceiling), f"{setting}; capped to {ceiling} by policy "
-                               f"{policy.origin('max_threads')}")
-            capped.append(name)
+            clamped = clamp_counts(setting.value, ceiling)
+            rule = f"policy {policy.origin('max_threads')}"
+            if clamped is None:
+                # Unset or unreadable: the library would use every CPU. tcap's capped value stays.
+                kept = computed.get(name) or str(ceiling)
+                change = EnvChange(name, kept, f"{setting} refused by {rule}: kept {kept}")
+                capped.append(name)
+            elif clamped != setting.value:
+                change = EnvChange(name, clamped, f"{setting}; capped to {ceiling} by {rule}")
+                capped.append(name)
         if name in by_name:
             env[by_name[name]] = change
         else:
@@ -272,7 +278,7 @@ def _policy_cpus(
             )
         if kept != cpu_set:
             notes.append(
-                f"policy {policy.origin('allowed_cpus')}: CPUs {format_cpu_list(set(cpu_set) - set(kept))} left out"
+                f"policy {policy.origin('allowed_cpus')}: {_cpus_text(set(cpu_set) - set(kept))} left out"
             )
             why["cpu_set"] += f"; restricted to {format_cpu_list(kept)} by policy {policy.origin('allowed_cpus')}"
             cpu_set = kept
@@ -291,7 +297,7 @@ def _policy_cpus(
         elif place is None and cpu_set is not None and len(cpu_set) > policy.max_cpus:
             kept = cpu_set[: policy.max_cpus]
             notes.append(
-                f"policy {policy.origin('max_cpus')}: {len(cpu_set)} CPUs reduced to {format_cpu_list(kept)}"
+                f"policy {policy.origin('max_cpus')}: {len(cpu_set)} CPUs reduced to {_cpus_text(kept)}"
             )
             why["cpu_set"] += f"; first {policy.max_cpus} kept by policy {policy.origin('max_cpus')}"
             cpu_set, pin = kept, kept
@@ -402,3 +408,22 @@ def inherited_overrides(plan: Plan, environ: Mapping[str, str]) -> list[tuple[st
         if old is not None and old != change.value:
             out.append((change.name, old, change.value))
     return out
+
+
+def _cpus_text(cpus: tuple[int, ...] | set[int]) -> str:
+    return ("CPU " if len(cpus) == 1 else "CPUs ") + format_cpu_list(cpus)
+
+
+def clamp_counts(value: str | None, ceiling: int) -> str | None:
+    """A thread variable's value under ``ceiling``: a count or OpenMP's list
+    of counts per nesting level ("8,2", "+4") clamped item by item; None when
+    it is unset or not counts at all (libraries then use every CPU)."""
+    import re
+
+    parts = value.split(",") if isinstance(value, str) else []
+    if not parts or not all(re.fullmatch(r"\s*\+?\d+\s*", part) for part in parts):
+        return None
+    counts = [int(part) for part in parts]
+    if max(counts) <= ceiling:
+        return value
+    return ",".join(str(min(count, ceiling)) for count in counts)

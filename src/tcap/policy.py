@@ -86,7 +86,7 @@ def load_policy(environ: Mapping[str, str]) -> Policy | None:
             if value not in ON_FULL:
                 raise fail(f"expected one of {', '.join(ON_FULL)}, not {value!r}")
         elif key == "wait_timeout":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # nan too
                 raise fail(f"expected a number of seconds >= 0, not {value!r}")
             value = float(value)
         values[key] = value

@@ -331,6 +331,10 @@ def list_profiles(environ: Mapping[str, str]) -> list[Listing]:
             path = os.path.join(directory, filename)
             name = _stem(path)
             description, error, alias = "", None, None
+            if not NAME_RE.match(name):
+                error = f"{path}: invalid profile name {name!r} (letters, digits, '.', '_', '-'); not usable with -p"
+                listings.append(Listing(name, path, label, description, seen.get(name), error, alias))
+                continue
             try:
                 data, text = read_toml(path)
                 validate(data, text, path)

@@ -73,6 +73,11 @@ def word(value: str, shell: str) -> str:
 def env_script(plan: Plan, shell: str) -> str:
     """Commands that set the plan's variables in ``shell``."""
     lines = [f"# tcap env: profile {plan.profile} ({plan.cpus} usable CPUs)"]
+    if plan.place is not None:
+        lines.append(
+            f"# this plan books {plan.place} CPU(s) at launch (cpus auto:{plan.place}); a shell cannot: "
+            "use `tcap run` for the booking and pinning"
+        )
     if plan.pin is not None:
         cpus = format_cpu_list(plan.pin)
         lines.append(f"# this plan pins to CPUs {cpus}; a shell cannot do that for itself: use `taskset -c {cpus} CMD`")

@@ -13,15 +13,18 @@ have nothing to read.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcap.render import quote, word
 
 SHELLS = ("bash", "zsh", "fish")
-#: What an alias may be called: a plain command word in all three shells.
-ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+#: Variables fish keeps for itself (read-only or special): never ``set -lx``.
+FISH_SPECIAL = frozenset((
+    "argv", "status", "pipestatus", "fish_pid", "last_pid", "hostname", "history", "PWD", "SHLVL", "_",
+    "version", "FISH_VERSION", "status_generation", "umask", "CMD_DURATION", "fish_kill_signal",
+    "fish_private_mode", "COLUMNS", "LINES",
+))
 
 
 def alias_name(profile: str, alias: str | None) -> str:
@@ -47,13 +50,21 @@ def static_alias(
     """An alias (fish: a function) with the plan baked in: variables, the
     probe's bootstrap on PYTHONPATH, and pinning through ``taskset``; no
     Python runs in front of the command."""
-    env = [(n, v) for n, v in recipe["env"] if v is not None]
-    unset = [n for n, v in recipe["env"] if v is None]
     bootstrap = recipe.get("bootstrap")
+    env = [(n, v) for n, v in recipe["env"] if v is not None]
+    # An unset PYTHONPATH still gets the probe's bootstrap, alone (as tcap run does).
+    keep_path = not any(n == "PYTHONPATH" and v is None for n, v in recipe["env"])
+    unset = [n for n, v in recipe["env"] if v is None and not (bootstrap and n == "PYTHONPATH")]
+    if shell == "fish":  # fish's own variables cannot be set with set -lx: pass them through env
+        special = [(n, v) for n, v in env if n in FISH_SPECIAL]
+        env = [(n, v) for n, v in env if n not in FISH_SPECIAL]
+    else:
+        special = []
     pin = recipe.get("pin")
     prefix: list[str] = []
-    if unset:
+    if unset or special:
         prefix += ["env", *(f"-u {quote(n, shell)}" for n in unset)]
+        prefix += [quote(f"{n}={v}", shell) for n, v in special]
     if pin is not None and taskset:
         from tcap.cpuset import format_cpu_list
 
@@ -66,25 +77,26 @@ def static_alias(
         lines += [f"    set -lx {n} {word(v, shell)}" for n, v in env]
         if bootstrap:
             # fish keeps *PATH variables as lists and joins them with ':'.
-            lines.append(f"    set -lx PYTHONPATH {quote(bootstrap, shell)} $PYTHONPATH")
+            lines.append(f"    set -lx PYTHONPATH {quote(bootstrap, shell)}" + (" $PYTHONPATH" if keep_path else ""))
         lines.append("    " + " ".join([*prefix, "$argv"] if prefix else ["command", "$argv"]))
         lines.append("end")
         return "\n".join(lines)
     words = [f"{n}={word(v, shell)}" for n, v in env]
     if bootstrap:
-        words.append(f"PYTHONPATH={quote(bootstrap, shell)}" + '"${PYTHONPATH:+:$PYTHONPATH}"')
+        words.append(f"PYTHONPATH={quote(bootstrap, shell)}" + ('"${PYTHONPATH:+:$PYTHONPATH}"' if keep_path else ""))
     body = " ".join(words + prefix)
     lines.append(f"alias {name}={quote(body, shell)}")
     return "\n".join(lines)
 
 
 # Completion. Subcommands and their options mirror tcap.cli.COMMANDS.
-Commands = Mapping[str, tuple[Mapping[str, str], Sequence[str], bool]]
+Commands = Mapping[str, tuple[Mapping[str, str], Sequence[str], "bool | str"]]
 
 
 def completion(shell: str, tcap: Sequence[str], commands: Commands) -> str:
     top = sorted({name.split()[0] for name in commands} | {"alias", "shell-init"})
     options = {name: sorted([*valued, *flags, "--help"]) for name, (valued, flags, _) in commands.items()}
+    options["shell-init"] = ["bash", "zsh", "fish", *options.get("shell-init", [])]
     call = " ".join(quote(word, shell) for word in tcap)
     if shell == "fish":
         return _fish_completion(top, options, call)
@@ -114,8 +126,6 @@ def completion(shell: str, tcap: Sequence[str], commands: Commands) -> str:
         choices = quote(" ".join(words), shell)
         lines.append(f'        {quote(name, shell)}) COMPREPLY=($(compgen -W {choices} -- "$cur")) ;;')
     lines += [
-        '        alias) COMPREPLY=($(compgen -W "-p --profile --shell --static --help" -- "$cur")) ;;',
-        '        shell-init) COMPREPLY=($(compgen -W "bash zsh fish --static --help" -- "$cur")) ;;',
         "    esac",
         "}",
     ]
@@ -137,11 +147,13 @@ def _fish_completion(top: Sequence[str], options: Mapping[str, Sequence[str]], c
         "install list remove' -a 'install list remove'",
         f"complete -c tcap -s p -l profile -x -a '({call} profiles --names 2>/dev/null)'",
         "complete -c tcap -l verify -x -a 'off warn strict enforce'",
+        "complete -c tcap -n '__fish_seen_subcommand_from shell-init' -a 'bash zsh fish'",
         "complete -c tcap -l shell -x -a 'sh bash zsh fish'",
     ]
     for name, words in sorted(options.items()):
         sub = name.split()[-1]
-        for word in words:
-            if word.startswith("--") and word not in ("--profile", "--verify", "--shell"):
-                lines.append(f"complete -c tcap -n {quote('__fish_seen_subcommand_from ' + sub, 'fish')} -l {word[2:]}")
+        for option in words:
+            if option.startswith("--") and option not in ("--profile", "--verify", "--shell"):
+                condition = quote("__fish_seen_subcommand_from " + sub, "fish")
+                lines.append(f"complete -c tcap -n {condition} -l {option[2:]}")
     return "\n".join(lines)
