@@ -14,6 +14,7 @@ import kernel  # noqa: E402
 import launcher  # noqa: E402
 import probe  # noqa: E402
 import sampler  # noqa: E402
+import workloads  # noqa: E402
 from common import machine_description  # noqa: E402
 
 INTRO = """\
@@ -29,6 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--workload-rounds", type=int, default=5)
     args = parser.parse_args()
     # A kernel start and kill take ~0.7 s: 40 rounds (+3 warm-up) of 3 cases is about 90 s.
     sections = [
@@ -37,6 +39,7 @@ def main() -> int:
         alias.run(2 * args.rounds),
         sampler.run(20),
         kernel.run(max(10, args.rounds * 2 // 3)),
+        workloads.run(args.workload_rounds),
     ]
     today = datetime.date.today().isoformat()
     text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)

@@ -201,12 +201,12 @@ def test_extends_list_later_parent_wins(dirs):
 
 
 def test_extends_own_name_reaches_shadowed_builtin(dirs):
-    dirs.write(dirs.user, "default", 'extends = "default"\nblas = 1\n')
-    profile = load("default", dirs.environ)
-    assert values(profile) == {"threads": "cpus", "blas": 1}
-    assert profile.settings["threads"].origin.source == str(BUILTIN / "default.toml") or \
-        Path(profile.settings["threads"].origin.source).resolve() == BUILTIN / "default.toml"
-    assert profile.path == str(dirs.user / "default.toml")
+    dirs.write(dirs.user, "serial", 'extends = "serial"\nblas = 2\n')
+    profile = load("serial", dirs.environ)
+    assert values(profile) == {"threads": 1, "blas": 2}
+    assert profile.settings["threads"].origin.source == str(BUILTIN / "serial.toml") or \
+        Path(profile.settings["threads"].origin.source).resolve() == BUILTIN / "serial.toml"
+    assert profile.path == str(dirs.user / "serial.toml")
 
 
 def test_extends_own_name_three_levels(dirs):

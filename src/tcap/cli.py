@@ -26,6 +26,9 @@ usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
        tcap alias    [-p P ...] [--shell bash|zsh|fish] [--static]
        tcap shell-init [bash|zsh|fish] [-p P ...] [--static]
        tcap bookings [--json]
+       tcap sweep    [-p BASE] [--threads LIST] [--blas LIST] [--openmp LIST]
+                     [--workers LIST] [--repeat N] [--save NAME] [--plot FILE]
+                     [--json] -- COMMAND [ARG...]
        tcap kernel install [PLAN OPTIONS] [--name N] [--display-name D]
                      [--user | --sys-prefix | --prefix DIR] [--python PATH]
                      [--freeze] [--force]
@@ -80,6 +83,10 @@ alias and shell-init (see docs/shared-servers.md):
   eval "$(tcap shell-init bash)" in ~/.bashrc defines the aliases and
   completion; bookings lists the CPUs held by cpus = "auto:N" launches.
 
+sweep: runs COMMAND under every combination of the lists (e.g. --threads
+1,2,4 --workers 1,2), --repeat times each (default 3, interleaved), and
+ranks them by median wall time; --save NAME writes the winner as a profile.
+
 exit codes: the command's own; 2 usage or configuration error; 125 other
 failure of tcap; 126 command not executable; 127 command not found; 86 a
 pool over its cap under verify strict (the command itself exited 0); 75
@@ -113,6 +120,12 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
     "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
     "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), "args"),
     "bookings": ({}, ("--json",), False),
+    "sweep": (
+        {"-p": "profile", "--profile": "profile", "--threads": "threads", "--blas": "blas", "--openmp": "openmp",
+         "--workers": "workers", "--repeat": "repeat", "--save": "save", "--plot": "plot"},
+        ("--json",),
+        True,
+    ),
     "kernel install": (
         {**PLAN_OPTIONS, "--name": "name", "--display-name": "display_name", "--prefix": "prefix",
          "--python": "python"},

@@ -417,3 +417,9 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
         sys.stdout.write(f"{item['pid']:<8} {item['user']:<12} {format_cpu_list(item['cpus'])}\n")
     return 0
 
+
+def sweep(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap sweep``: measure a command under a grid of configurations."""
+    from tcap.sweep import run_sweep
+
+    return run_sweep(options, rest, environ)
