@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import median
+from common import ratio_row
 
 #: Target for the ratio of medians, static alias / direct start.
 TARGET = 1.1
@@ -162,19 +162,7 @@ def run(rounds: int) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for key, label, _ in CASES:
-        values = samples[key]
-        row = f"| {label} | {median(values) * 1000:.2f} ({min(values) * 1000:.2f}–{max(values) * 1000:.2f}) "
-        if values is base:
-            lines.append(row + "| | 1.00 | |")
-            continue
-        paired = [(a - d) * 1000 for a, d in zip(values, base)]  # same round
-        ratio = median(values) / median(base)
-        target = ""
-        if key in TARGETED:
-            target = f"≤ {TARGET:.1f} ({'met' if ratio <= TARGET else 'MISSED'})"
-        lines.append(
-            row + f"| {median(paired):+.2f} ({min(paired):+.2f}…{max(paired):+.2f}) | {ratio:.2f} | {target} |"
-        )
+        lines.append(ratio_row(label, samples[key], base, 2, TARGET if key in TARGETED else None))
     lines += [
         "",
         "A static alias costs what its variables cost: bash passes them to the child it forks, and no "

@@ -42,6 +42,28 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def ratio_row(
+    label: str, values: Sequence[float], base: Sequence[float], digits: int, target: float | None,
+    ratio_digits: int = 2,
+) -> str:
+    """A markdown row: median (min–max) in ms, the per-round difference from
+    ``base`` (same round), the ratio of medians, and the target verdict."""
+
+    def ms(x: float) -> str:
+        return f"{x * 1000:.{digits}f}"
+
+    row = f"| {label} | {ms(median(values))} ({ms(min(values))}–{ms(max(values))}) "
+    if values is base:
+        return row + "| | 1.00 | |"
+    paired = [(a - b) * 1000 for a, b in zip(values, base)]
+    ratio = median(values) / median(base)
+    verdict = "" if target is None else f"≤ {target:g} ({'met' if ratio <= target else 'MISSED'})"
+    return (
+        row + f"| {median(paired):+.{digits}f} ({min(paired):+.{digits}f}…{max(paired):+.{digits}f}) "
+        f"| {ratio:.{ratio_digits}f} | {verdict} |"
+    )
+
+
 def machine_description() -> str:
     model = "unknown CPU"
     try:

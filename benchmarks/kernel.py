@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import interleave, median
+from common import interleave, ratio_row
 
 #: Target for the ratio of medians, tcap kernelspec / plain kernelspec.
 TARGET = 1.05
@@ -120,18 +120,7 @@ def run(rounds: int) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for label, _ in CASES:
-        values = samples[label]
-        row = f"| {label} | {median(values) * 1000:.0f} ({min(values) * 1000:.0f}–{max(values) * 1000:.0f}) "
-        if values is base:
-            lines.append(row + "| | 1.00 | |")
-            continue
-        paired = [(t - p) * 1000 for t, p in zip(values, base)]  # same round
-        ratio = median(values) / median(base)
-        verdict = "met" if ratio <= TARGET else "MISSED"
-        lines.append(
-            row + f"| {median(paired):+.0f} ({min(paired):+.0f}…{max(paired):+.0f}) "
-            f"| {ratio:.3f} | ≤ {TARGET:.2f} ({verdict}) |"
-        )
+        lines.append(ratio_row(label, samples[label], base, 0, TARGET, ratio_digits=3))
     lines += [
         "",
         "What a tcap kernelspec adds in front of ipykernel: one `python -m tcap run --kernel` that reads "

@@ -12,4 +12,4 @@ def work(seed: int) -> float:
     return float(a.sum())
 
 
-Parallel(n_jobs=2)(delayed(work)(seed) for seed in range(16))
+Parallel(n_jobs=2)(delayed(work)(seed) for seed in range(48))

@@ -3,5 +3,5 @@
 import numpy as np
 
 a = np.random.default_rng(0).random((1500, 1500))
-for _ in range(6):
+for _ in range(30):
     a @ a

@@ -14,4 +14,4 @@ def work(seed: int) -> float:
 
 
 with ThreadPool(2) as pool:
-    pool.map(work, range(16))
+    pool.map(work, range(48))
