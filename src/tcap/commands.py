@@ -287,9 +287,9 @@ def kernel_list(options: Mapping[str, Any], rest: list[str], environ: Mapping[st
         profile = str(item["profile"]) + (" (frozen)" if item["frozen"] else "")
         status = "stale: " + "; ".join(item["stale"]) if item["stale"] else "ok"
         rows.append((item["name"], profile, text, item["resource_dir"], status))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:  # the status, last, is not padded: a stale reason can be long
-        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4] + "\n")
+    from tcap.render import columns
+
+    sys.stdout.write(columns(rows))
     return 0
 
 

@@ -76,12 +76,15 @@ def _open_dir(path: str) -> int:
 def start_time(pid: int) -> int | None:
     """The start time of ``pid`` (clock ticks since boot), or None if it is
     gone (a zombie, dead but not yet collected by its parent, counts as gone)."""
+    from tcap.machine import proc_stat
+
+    found = proc_stat(pid)
+    if found is None:
+        return None
+    fields = found[1]
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2 :].split()
         return None if fields[0] in (b"Z", b"X") else int(fields[19])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
 
 

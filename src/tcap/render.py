@@ -61,6 +61,12 @@ def quote(value: str, shell: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+def columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as aligned text columns, two spaces apart, no trailing blanks."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n" for row in rows)
+
+
 def word(value: str, shell: str) -> str:
     """``value`` bare when no shell could read anything into it, else quoted."""
     import re

@@ -202,16 +202,16 @@ class Sampler:
 
 
 def _stat(pid: int) -> tuple[int, int, int, int, bytes] | None:
-    """(ppid, threads, utime, stime, command name) of ``pid`` from /proc, or
-    None if it is gone."""
+    """(ppid, threads, utime, stime, command name) of ``pid``, or None if it is gone."""
+    from tcap.machine import proc_stat
+
+    found = proc_stat(pid)
+    if found is None:
+        return None
+    name, fields = found
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        # The command name (field 2) is in parentheses and may contain anything.
-        end = data.rindex(b")")
-        fields = data[end + 2 :].split()
-        return int(fields[1]), int(fields[17]), int(fields[11]), int(fields[12]), data[data.index(b"(") + 1 : end]
-    except (OSError, ValueError, IndexError):
+        return int(fields[1]), int(fields[17]), int(fields[11]), int(fields[12]), name
+    except (ValueError, IndexError):
         return None
 
 

@@ -225,8 +225,9 @@ def table(results: Sequence[Result], ranked: Sequence[Result]) -> str:
             "-" if s["peak_threads"] is None else str(s["peak_threads"]),
             runs,
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows) + "\n"
+    from tcap.render import columns
+
+    return columns(rows)
 
 
 def saved_profile_path(name: str, environ: Mapping[str, str]) -> str:
