@@ -14,7 +14,8 @@ from tcap.errors import EXIT_INTERNAL, TcapError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 USAGE = """\
 usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
@@ -104,6 +105,21 @@ PLAN_OPTIONS = {
     "--set": "set",
     "--verify": "verify",
 }
+
+
+
+def plan_flags(options: Mapping[str, Any]) -> list[str]:
+    """The plan options in ``options`` as ``tcap run`` flags (``--set`` last,
+    repeated): what a kernelspec passes on, what ``--plan`` excludes."""
+    flags: list[str] = []
+    for dest in dict.fromkeys(PLAN_OPTIONS.values()):
+        value = options.get(dest)
+        if dest != "set" and value is not None:
+            flags += [f"--{dest}", str(value)]
+    for item in options.get("set", []):
+        flags += ["--set", item]
+    return flags
+
 
 # command -> (options taking a value, flags without one, what else it takes:
 # True a command (options end at its first word), "args" plain arguments

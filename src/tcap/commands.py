@@ -87,8 +87,9 @@ def kernel_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
 def frozen_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
     """The recipe of a frozen plan file (``tcap kernel install --freeze``)."""
     path = options["plan"]
-    given = [f"--{key}" for key in ("profile", "threads", "blas", "openmp", "workers", "cpus", "verify")
-             if options.get(key) is not None] + (["--set"] if options.get("set") else [])
+    from tcap.cli import plan_flags
+
+    given = list(dict.fromkeys(plan_flags(options)[0::2]))
     if given:
         raise TcapError(f"tcap run: --plan cannot be combined with {', '.join(given)}")
     import json

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 
+from tcap.cli import plan_flags
 from tcap.errors import EXIT_INTERNAL, TcapError
 
 TYPE_CHECKING = False
@@ -74,18 +75,6 @@ def caps_words(blas: int, openmp: int) -> str:
 
 def display_name(plan: Plan, version: str) -> str:
     return f"Python {version} (tcap: {plan.profile}, {caps_text(plan)})"
-
-
-def plan_flags(options: Mapping[str, Any]) -> list[str]:
-    """The plan options given to ``kernel install``, as ``tcap run`` flags."""
-    flags = []
-    for key in ("profile", "threads", "blas", "openmp", "workers", "cpus", "verify"):
-        value = options.get(key)
-        if value is not None:
-            flags += [f"--{key}", str(value)]
-    for item in options.get("set", []):
-        flags += ["--set", item]
-    return flags
 
 
 def kernel_argv(tcap_python: str, python: str, flags: Sequence[str], frozen: bool) -> list[str]:
