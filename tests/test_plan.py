@@ -32,6 +32,12 @@ def env_of(plan: Plan) -> dict[str, str | None]:
     return {change.name: change.value for change in plan.env}
 
 
+def takes(plan: Plan) -> dict[str, str | None]:
+    """Each variable's value as the library will run with it: what tcap sets,
+    or, for a variable left alone, what the library picks itself."""
+    return {change.name: change.value for change in (*plan.left_alone, *plan.env)}
+
+
 def smt_machine(cores: int, **kwargs) -> Machine:
     """``cores`` cores with 2 threads each; cpuN and cpuN+cores are siblings."""
     layout = {cpu: (0, cpu % cores) for cpu in range(2 * cores)}
@@ -43,10 +49,12 @@ EIGHT = Machine(frozenset(range(8)))
 
 # --- defaults -----------------------------------------------------------------
 
-def test_defaults_every_variable_is_the_usable_cpus():
+def test_defaults_cap_every_pool_at_the_usable_cpus_and_set_nothing_here():
     plan = resolve(make_profile(), EIGHT, Overrides())
-    assert [c.name for c in plan.env] == ALL_VARS
-    assert env_of(plan) == {name: "8" for name in ALL_VARS}
+    # Every library already picks at most 8 on 8 CPUs: tcap leaves them alone
+    # (tests/test_left_alone.py has the rule) and the probe checks the caps.
+    assert plan.env == ()
+    assert [c.name for c in plan.left_alone] == ALL_VARS
     assert plan.cpus == 8
     assert plan.pin is None
     assert plan.cpu_set == tuple(range(8))
@@ -62,7 +70,8 @@ def test_defaults_without_affinity_mask():
     plan = resolve(make_profile(), Machine(None, online=6), Overrides())
     assert plan.cpus == 6
     assert plan.cpu_set is None and plan.pin is None
-    assert env_of(plan)["OMP_NUM_THREADS"] == "6"
+    assert plan.caps["openmp"] == 6
+    assert takes(plan)["OMP_NUM_THREADS"] == "6"
 
 
 @pytest.mark.parametrize(("cpus", "workers", "threads"), [(8, 4, 2), (8, 3, 2), (8, 8, 1), (8, 16, 1), (12, 5, 2)])
@@ -72,7 +81,8 @@ def test_workers_divide_the_cpus(cpus, workers, threads):
     assert plan.workers == workers
     assert env["LOKY_MAX_CPU_COUNT"] == str(workers)
     for name in THREAD_VARS:
-        assert env[name] == str(threads), name
+        # BLIS is single-threaded by itself: never raised to the split.
+        assert takes(plan)[name] == ("1" if name == "BLIS_NUM_THREADS" else str(threads)), name
 
 
 def test_workers_expression():
@@ -102,7 +112,7 @@ def test_one_cpu_quota_floors_at_one():
 def test_one_cpu_quota_default_workers_division():
     machine = Machine(frozenset(range(8)), quota=1.0, quota_source="q")
     plan = resolve(make_profile({"workers": 4}), machine, Overrides())
-    assert all(env_of(plan)[name] == "1" for name in THREAD_VARS)
+    assert all(takes(plan)[name] == "1" for name in THREAD_VARS)
 
 
 # --- precedence ---------------------------------------------------------------
@@ -142,7 +152,7 @@ def test_blas_flag_replaces_openblas_but_not_openmp():
     assert env["VECLIB_MAXIMUM_THREADS"] == "2"
     assert env["OMP_NUM_THREADS"] == "3"
     assert env["NUMBA_NUM_THREADS"] == "4"
-    assert env["POLARS_MAX_THREADS"] == "8"
+    assert takes(plan)["POLARS_MAX_THREADS"] == "8"
     assert len(plan.notes) == 2
 
 
@@ -166,7 +176,7 @@ def test_specific_profile_key_beats_general_profile_key():
     assert env["MKL_NUM_THREADS"] == "4"
     assert env["OPENBLAS_NUM_THREADS"] == "3"
     assert env["OMP_NUM_THREADS"] == "2"
-    assert env["LOKY_MAX_CPU_COUNT"] == "8"
+    assert takes(plan)["LOKY_MAX_CPU_COUNT"] == "8"
 
 
 def test_env_table_and_set_flags_override_computed_variables():
@@ -184,7 +194,7 @@ def test_env_table_and_set_flags_override_computed_variables():
     assert env["KEEP"] == "k"
     assert env["NEW"] == "n"
     names = [c.name for c in plan.env]
-    assert names[: len(VARIABLES)] == ALL_VARS
+    assert names[: len(VARIABLES) - 1] == [n for n in ALL_VARS if n != "LOKY_MAX_CPU_COUNT"]
     assert len(names) == len(set(names))
     why = {c.name: c.why for c in plan.env}
     assert "flag --set EXTRA=y" in why["EXTRA"]
@@ -215,7 +225,8 @@ def test_cpus_list_pins():
     assert plan.pin == (2, 3, 5)
     assert plan.cpu_set == (2, 3, 5)
     assert plan.cpus == 3
-    assert env_of(plan)["OMP_NUM_THREADS"] == "3"
+    assert plan.caps["openmp"] == 3
+    assert takes(plan)["OMP_NUM_THREADS"] == "3"  # libgomp counts the pinned CPUs itself
 
 
 def test_cpus_equal_to_allowed_set_does_not_pin():
@@ -306,7 +317,10 @@ def test_128_cpus_with_8_workers():
     machine = Machine(frozenset(range(128)))
     plan = resolve(make_profile(), machine, Overrides(workers=8))
     env = env_of(plan)
-    assert all(env[name] == "16" for name in THREAD_VARS)
+    # Libraries that pick fewer than 16 themselves keep their own choice.
+    own = {"BLIS_NUM_THREADS": "1", "BLOSC_NTHREADS": "8"}
+    assert all(takes(plan)[name] == own.get(name, "16") for name in THREAD_VARS)
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "16"
     assert env["LOKY_MAX_CPU_COUNT"] == "8"
 
 

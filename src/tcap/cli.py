@@ -11,18 +11,19 @@ import os
 import sys
 
 from tcap.errors import EXIT_INTERNAL, TcapError
+from tcap.recipe import PLAN_OPTIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from typing import Any
+    from collections.abc import Sequence
 
 USAGE = """\
 usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
                      [--kernel] [--] COMMAND [ARG...]
        tcap run      --plan FILE [--kernel] [--] COMMAND [ARG...]
-       tcap show     [PLAN OPTIONS] [--json]
-       tcap env      [PLAN OPTIONS] [--shell sh|bash|zsh|fish]
+       tcap show     [PLAN OPTIONS] [--python PATH] [--json]
+       tcap env      [PLAN OPTIONS] [--python PATH] [--shell sh|bash|zsh|fish]
+       tcap doctor   [PLAN OPTIONS] [--python PATH] [--json]
        tcap profiles [--json | --names]
        tcap alias    [-p P ...] [--shell bash|zsh|fish] [--static]
        tcap shell-init [bash|zsh|fish] [-p P ...] [--static]
@@ -77,6 +78,12 @@ kernel install options (see docs/jupyter.md):
   --force            replace an existing kernelspec of that name (install);
                      remove one tcap did not make (remove)
 
+show, env and doctor: --python PATH is the interpreter whose recorded library
+limits apply (default: the python3 on PATH); tcap run uses the command's.
+doctor loads that interpreter's numeric libraries in a child, records their
+build limits, and lists the machine, the libraries, hazards with their fixes
+and the plan; it exits 0 when there is no hazard, 1 when there is one.
+
 alias and shell-init (see docs/shared-servers.md):
   -p P               a profile to make an alias for (repeatable; default: all)
   --static           bake the resolved plan into the alias: no Python runs
@@ -94,33 +101,6 @@ pool over its cap under verify strict (the command itself exited 0); 75
 too few free CPUs for auto:N under the site policy's on_full = error/wait.
 """
 
-PLAN_OPTIONS = {
-    "-p": "profile",
-    "--profile": "profile",
-    "--threads": "threads",
-    "--blas": "blas",
-    "--openmp": "openmp",
-    "--workers": "workers",
-    "--cpus": "cpus",
-    "--set": "set",
-    "--verify": "verify",
-}
-
-
-
-def plan_flags(options: Mapping[str, Any]) -> list[str]:
-    """The plan options in ``options`` as ``tcap run`` flags (``--set`` last,
-    repeated): what a kernelspec passes on, what ``--plan`` excludes."""
-    flags: list[str] = []
-    for dest in dict.fromkeys(PLAN_OPTIONS.values()):
-        value = options.get(dest)
-        if dest != "set" and value is not None:
-            flags += [f"--{dest}", str(value)]
-    for item in options.get("set", []):
-        flags += ["--set", item]
-    return flags
-
-
 # command -> (options taking a value, flags without one, what else it takes:
 # True a command (options end at its first word), "args" plain arguments
 # among the options, False nothing)
@@ -130,8 +110,9 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
         ("--dry-run", "--report", "--kernel"),
         True,
     ),
-    "show": (PLAN_OPTIONS, ("--json",), False),
-    "env": ({**PLAN_OPTIONS, "--shell": "shell"}, (), False),
+    "show": ({**PLAN_OPTIONS, "--python": "python"}, ("--json",), False),
+    "env": ({**PLAN_OPTIONS, "--shell": "shell", "--python": "python"}, (), False),
+    "doctor": ({**PLAN_OPTIONS, "--python": "python"}, ("--json",), False),
     "profiles": ({}, ("--json", "--names"), False),
     "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
     "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), "args"),

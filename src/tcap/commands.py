@@ -12,18 +12,16 @@ import os
 import sys
 
 from tcap.errors import TcapError
-from tcap.search import DEFAULT_PROFILE, is_path, search_path
+from tcap.recipe import build_plan, cache_key, frozen_recipe, recipe_of, self_command
+from tcap.search import search_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from tcap.machine import Machine
-    from tcap.plan import Overrides, Plan
 
 SHELLS = ("sh", "bash", "zsh", "fish")
-VERIFY_MODES = ("off", "warn", "strict", "enforce")
 
 
 def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, str]) -> int:
@@ -36,20 +34,20 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
     elif options.get("dry_run"):
         from tcap import render
 
-        plan = build_plan(options, environ)[0]
-        recipe = recipe_of(plan)
+        plan = build_plan(options, environ, command=command)[0]
+        recipe = recipe_of(plan, environ)
         sys.stdout.write(render.plan_text(plan, environ) + "\n")
     else:
         from tcap import cache
         from tcap.machine import read_machine
 
         machine = read_machine(environ=environ)
-        key = cache_key(options, environ, machine)
+        key = cache_key(options, environ, machine, command)
         cache_file = cache.cache_file(environ)
         recipe = cache.lookup(cache_file, key)
         if recipe is None:
-            plan, depends = build_plan(options, environ, machine)
-            recipe = recipe_of(plan)
+            plan, depends = build_plan(options, environ, machine, command)
+            recipe = recipe_of(plan, environ)
             cache.store(cache_file, key, depends, recipe)
     if options.get("kernel"):
         recipe = kernel_recipe(recipe)
@@ -82,39 +80,6 @@ def kernel_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     sys.stderr.write("tcap: note: verify strict needs tcap to supervise; a kernel is exec'ed, so it runs as warn\n")
     env = [[name, "warn" if name == "TCAP_VERIFY" else value] for name, value in recipe["env"]]
     return {**recipe, "env": env, "verify": "warn"}
-
-
-def frozen_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The recipe of a frozen plan file (``tcap kernel install --freeze``)."""
-    path = options["plan"]
-    from tcap.cli import plan_flags
-
-    given = list(dict.fromkeys(plan_flags(options)[0::2]))
-    if given:
-        raise TcapError(f"tcap run: --plan cannot be combined with {', '.join(given)}")
-    import json
-
-    try:
-        with open(path) as f:
-            recipe = json.load(f)["recipe"]
-        if not isinstance(recipe.get("env"), list):
-            raise ValueError("no env list")
-    except OSError as failure:
-        raise TcapError(f"cannot read frozen plan: {failure.strerror}", path=path) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as failure:
-        raise TcapError(f"not a frozen tcap plan: {failure}", path=path) from None
-    bootstrap = recipe.get("bootstrap")
-    if bootstrap and not os.path.isdir(bootstrap):
-        sys.stderr.write(
-            f"tcap: warning: {path}: the probe's files ({bootstrap}) are gone (tcap moved or was reinstalled?): "
-            "running without verification; freeze the plan again\n"
-        )
-        recipe = {**recipe, "bootstrap": None}
-    if options.get("dry_run"):
-        sys.stdout.write(f"frozen plan {path}: verify {recipe.get('verify')}, pin {recipe.get('pin') or 'none'}\n")
-        for name, value in recipe["env"]:
-            sys.stdout.write(f"  {name}={value}\n" if value is not None else f"  unset {name}\n")
-    return dict(recipe)
 
 
 def show(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
@@ -158,103 +123,6 @@ def profiles(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
     else:
         sys.stdout.write(render.profiles_text(listings, search_path(environ)))
     return 0
-
-
-def overrides_from(options: Mapping[str, Any]) -> Overrides:
-    """The flags as Overrides; malformed values are usage errors."""
-    from tcap.plan import Overrides
-
-    counts: dict[str, int | str | None] = {}
-    for key in ("threads", "blas", "openmp", "workers"):
-        value = options.get(key)
-        counts[key] = int(value) if isinstance(value, str) and value.isdigit() else value
-    verify = options.get("verify")
-    if verify is not None and verify not in VERIFY_MODES:
-        raise TcapError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
-    pairs = []
-    for item in options.get("set", []):
-        name, eq, value = item.partition("=")
-        if not eq or not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
-            raise TcapError(f"--set expects VAR=VALUE with a valid variable name, not {item!r}")
-        pairs.append((name, value))
-    return Overrides(
-        threads=counts["threads"],
-        blas=counts["blas"],
-        openmp=counts["openmp"],
-        workers=counts["workers"],
-        cpus=options.get("cpus"),
-        verify=verify,
-        env=tuple(pairs),
-    )
-
-
-def build_plan(
-    options: Mapping[str, Any], environ: Mapping[str, str], machine: Machine | None = None
-) -> tuple[Plan, list[tuple[str, Any]]]:
-    """Load the profile and resolve it: (plan, files it depended on)."""
-    from tcap.cache import signature
-    from tcap.machine import read_machine
-    from tcap.plan import resolve, uses_physical
-    from tcap.policy import load_policy, policy_path
-    from tcap.profiles import load
-
-    overrides = overrides_from(options)
-    policy = load_policy(environ)
-    default = policy.default_profile if policy is not None and policy.default_profile else DEFAULT_PROFILE
-    try:
-        profile = load(options.get("profile") or default, environ)
-    except TcapError as error:
-        if options.get("profile") or policy is None or not policy.default_profile:
-            raise
-        error.message += f" (the site policy's {policy.origin('default_profile')})"
-        raise
-    if machine is None or (machine.cores is None and uses_physical(profile, overrides)):
-        machine = read_machine(topology=uses_physical(profile, overrides), environ=environ)
-    path = policy_path(environ)
-    depends = [*profile.depends, (os.path.abspath(path), signature(path))]
-    return resolve(profile, machine, overrides, policy), depends
-
-
-def recipe_of(plan: Plan) -> dict[str, Any]:
-    """What a launch needs from a plan, as plain data (cached)."""
-    from tcap.launch import probe_environ
-
-    env = [[change.name, change.value] for change in plan.env]
-    bootstrap = None
-    if plan.verify != "off":
-        bootstrap, extra = probe_environ(plan)
-        env += [[name, value] for name, value in extra.items()]
-    place = None
-    if plan.place is not None:
-        assert plan.cpu_set is not None
-        place = {
-            "count": plan.place,
-            "allowed": list(plan.cpu_set),
-            "on_full": plan.on_full,
-            "wait_timeout": plan.wait_timeout,
-        }
-    return {
-        "env": env,
-        "pin": None if plan.pin is None else list(plan.pin),
-        "place": place,
-        "verify": plan.verify,
-        "bootstrap": bootstrap,
-    }
-
-
-def cache_key(options: Mapping[str, Any], environ: Mapping[str, str], machine: Machine) -> tuple[Any, ...]:
-    """Everything besides profile files that decides a plan."""
-    # No -p is its own key: the site policy's default_profile may name another
-    # profile than "default" (the policy file is a dependency of the entry).
-    spec = options.get("profile")
-    if spec is not None and is_path(spec):
-        spec = os.path.abspath(spec)
-    flags = tuple(
-        (key, tuple(value) if isinstance(value, list) else value)
-        for key, value in sorted(options.items())
-        if key not in ("profile", "dry_run", "help", "report", "report_json", "kernel")
-    )
-    return (spec, flags, tuple(d for _, d in search_path(environ)), machine.key())
 
 
 def kernel_install(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
@@ -303,15 +171,6 @@ def kernel_remove(options: Mapping[str, Any], rest: list[str], environ: Mapping[
     directory = kernel.remove(rest[0], bool(options.get("force")))
     sys.stdout.write(f"removed kernel {rest[0].lower()} ({directory})\n")
     return 0
-
-
-def self_command() -> list[str]:
-    """How a shell should start this tcap: its console script when there is
-    one next to the interpreter, else ``python -m tcap``."""
-    script = os.path.join(os.path.dirname(sys.executable), "tcap")
-    if os.path.isfile(script) and os.access(script, os.X_OK):
-        return [os.path.abspath(script)]
-    return [os.path.abspath(sys.executable), "-m", "tcap"]
 
 
 def _shell_of(options: Mapping[str, Any], environ: Mapping[str, str], given: str | None = None) -> str:
@@ -367,7 +226,7 @@ def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: 
             "It goes stale when the profile, the site policy or the machine changes: run "
             "`tcap alias --static` again then."
         )
-        blocks.append(static_alias(alias, recipe_of(plan), shell, taskset, header))
+        blocks.append(static_alias(alias, recipe_of(plan, environ), shell, taskset, header))
     return "\n".join(blocks) + ("\n" if blocks else "")
 
 
@@ -424,3 +283,24 @@ def sweep(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str
     from tcap.sweep import run_sweep
 
     return run_sweep(options, rest, environ)
+
+
+def doctor(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap doctor``: the machine, an interpreter's native libraries, hazards, the plan."""
+    from tcap import render
+    from tcap.doctor import doctor as examine
+    from tcap.doctor import text
+    from tcap.plan import Plan
+
+    report, code = examine(options, environ)
+    if options.get("json"):
+        sys.stdout.write(json_dumps(report))
+    else:
+        sys.stdout.write(text(report, render.plan_text(Plan.from_data(report["plan"]), environ)))
+    return code
+
+
+def json_dumps(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"

@@ -25,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 
-from tcap.cli import plan_flags
 from tcap.errors import EXIT_INTERNAL, TcapError
+from tcap.recipe import plan_flags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def python_facts(python: str) -> tuple[str, str]:
 def install(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str, list[str]]:
     """Write the kernelspec; (name, destination, warnings). Nothing is
     written when the profile, the name or the interpreter is wrong."""
-    from tcap.commands import build_plan, recipe_of
+    from tcap.recipe import build_plan, recipe_of
     from tcap.search import DEFAULT_PROFILE, is_path
 
     places = [flag for flag in ("user", "sys_prefix", "prefix") if options.get(flag)]
@@ -218,9 +218,8 @@ def _tcap_meta(spec: Any) -> dict[str, Any] | None:
 def list_kernels(environ: Mapping[str, str]) -> list[dict[str, Any]]:
     """Every tcap-made kernelspec Jupyter can find, with its caps (the plan
     it would start with now) and what makes it stale, if anything."""
-    from tcap.cli import parse
-    from tcap.commands import build_plan
     from tcap.plan import Plan
+    from tcap.recipe import build_plan, parse_plan_flags
 
     manager = _spec_manager()
     found = []
@@ -243,7 +242,7 @@ def list_kernels(environ: Mapping[str, str]) -> list[dict[str, Any]]:
                 if bootstrap and not os.path.isdir(bootstrap):
                     problems.append(f"frozen plan: the probe's files are gone ({bootstrap}): install it again")
             else:
-                options = parse(["run", *meta.get("flags", []), "--", "true"])[1]
+                options = parse_plan_flags(list(meta.get("flags", [])))
                 plan = build_plan(options, environ)[0]
         except TcapError as error:
             problems.append(f"profile: {error}")

@@ -36,9 +36,12 @@ def child_environ(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> dict
     return env
 
 
-def probe_environ(plan: Plan) -> tuple[str, dict[str, str]]:
-    """(bootstrap directory, TCAP_* variables) that arm the probe for ``plan``."""
+def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """(bootstrap directory, TCAP_* variables) that arm the probe for ``plan``;
+    the probe records native library facts under TCAP_LIBRARIES."""
     from importlib.util import find_spec
+
+    from tcap.libraries import store_dir
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = find_spec("threadpoolctl")
@@ -48,6 +51,7 @@ def probe_environ(plan: Plan) -> tuple[str, dict[str, str]]:
         "TCAP_VERIFY": plan.verify,
         "TCAP_PROFILE": plan.profile,
         "TCAP_CAPS": caps,
+        "TCAP_LIBRARIES": store_dir(environ),
     }
     if spec is not None and spec.origin:
         extra["TCAP_THREADPOOLCTL"] = spec.origin

@@ -46,7 +46,8 @@ class Machine:
         self.slurm = slurm
         self.slurm_source = slurm_source
         self.cores = cores
-        #: ``os.cpu_count()``, used only where there is no affinity mask.
+        #: ``os.cpu_count()``: the count where there is no affinity mask, and
+        #: what libraries that ignore the mask start.
         self.online = online
 
     def __repr__(self) -> str:
@@ -74,12 +75,45 @@ def read_machine(
 ) -> Machine:
     """Read this process's machine facts; ``topology`` also reads core ids."""
     environ = os.environ if environ is None else environ
+    if root == "/":
+        # A machine described as data (a fixture /proc and /sys tree), for
+        # `tcap show` and `tcap doctor` about a machine one does not have.
+        root = environ.get("TCAP_SYSROOT") or "/"
     allowed = read_affinity(root)
     quota, quota_source = read_cgroup_quota(root)
     slurm, slurm_source = read_slurm(environ)
     cores = read_cores(allowed, root) if topology and allowed is not None else None
-    online = os.cpu_count() if allowed is None else None
-    return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, online)
+    return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, read_online(root))
+
+
+def read_online(root: str = "/") -> int | None:
+    """The online CPU count (``os.cpu_count()``), whatever the affinity mask:
+    what libraries that ignore the mask (numexpr, Blosc) count."""
+    if root == "/":
+        return os.cpu_count()
+    text = _read(root, "sys/devices/system/cpu/online")
+    try:
+        return len(parse_cpu_list(text)) if text else None
+    except ValueError:
+        return None
+
+
+def read_numa(root: str = "/") -> list[frozenset[int]] | None:
+    """The CPUs of each NUMA node, from sysfs; None where sysfs lacks them."""
+    base = os.path.join(root, "sys/devices/system/node")
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("node") and n[4:].isdigit()]
+        names.sort(key=lambda n: int(n[4:]))
+    except OSError:
+        return None
+    nodes = []
+    for name in names:
+        text = _read(os.path.join(base, name), "cpulist")
+        try:
+            nodes.append(parse_cpu_list(text) if text else frozenset())
+        except ValueError:
+            return None
+    return nodes or None
 
 
 def read_affinity(root: str = "/") -> frozenset[int] | None:

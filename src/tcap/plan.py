@@ -9,18 +9,75 @@ keys under it, so ``--threads 1`` really means one thread everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tcap.cpuset import format_cpu_list, parse_cpu_spec
 from tcap.errors import TcapError
 from tcap.machine import Machine, usable
 from tcap.policy import Policy
 from tcap.profiles import Origin, Profile, Setting, count_problem
-from tcap.variables import APIS, CAP_KEYS, VARIABLES, keys_for
+from tcap.variables import APIS, CAP_KEYS, VARIABLES, Variable, keys_for
 
 DEFAULT_VERIFY = "warn"
+#: Cap keys whose threads may all call into an OpenBLAS at once: its own
+#: pool, and OpenMP (a KMeans fit's OpenMP threads each call BLAS).
+BLAS_CALLERS = ("openblas", "openmp")
+
+
+class Limit(NamedTuple):
+    """A native library's build limit, as its own config string says."""
+
+    internal_api: str
+    max_threads: int
+    #: Who it is, for a reason: "numpy's OpenBLAS 0.3.31".
+    what: str
+
+
+class _OwnChoice:
+    """What each library does when tcap leaves its variables alone."""
+
+    def __init__(self, affinity: int, machine: Machine, physical: int | None, openblas: Limit | None) -> None:
+        self.affinity = affinity
+        self.online = max(machine.online or affinity, affinity)
+        self.physical = physical
+        self.quota = None if machine.quota is None else max(1, -int(-machine.quota // 1))
+        self.openblas = openblas
+
+    def default(self, variable: Variable) -> tuple[int, str]:
+        """(threads, why) the library starts with none of its variables set."""
+        if variable.own == "one":
+            return 1, "single-threaded unless asked"
+        if variable.own == "online":
+            n, why = self.online, f"the {self.online} online CPUs, whatever its affinity mask"
+        elif variable.own == "physical" and self.physical is not None:
+            n, why = self.physical, f"the {self.physical} physical cores in its affinity mask"
+        else:
+            n, why = self.affinity, f"the {self.affinity} CPUs in its affinity mask"
+        if variable.quota_aware and self.quota is not None and self.quota < n:
+            n, why = self.quota, f"{why}, lowered to the cgroup quota of {self.quota}"
+        if variable.own_limit is not None and n > variable.own_limit:
+            n, why = variable.own_limit, f"{why}, at most {variable.own_limit} by its own rule"
+        if variable.library == "openblas" and self.openblas is not None and n > self.openblas.max_threads:
+            n, why = self.openblas.max_threads, f"{why}, at most {self.openblas.max_threads} as built"
+        return n, why
+
+    def reads(self, variable: Variable, env: Mapping[str, str], source: str = "") -> tuple[int | None, str]:
+        """(threads or None when unknown, why) the library takes under ``env``
+        (``source`` names where ``env`` comes from: "inherited ")."""
+        for name in (variable.name, *variable.fallbacks):
+            text = env.get(name)
+            if text is None or not text.strip():
+                continue
+            first = text.split(",")[0].strip()
+            if not first.isdigit() or int(first) < 1:
+                return None, f"{source}{name}={text!r} is not a thread count"
+            n = int(first)
+            if variable.clamps_to_affinity and n > self.affinity:
+                return self.affinity, f"{source}{name}={text}, held to the {self.affinity} CPUs of its affinity mask"
+            return n, f"{source}{name}={text}"
+        return self.default(variable)
 
 
 @dataclass(frozen=True)
@@ -60,6 +117,9 @@ class Plan:
     profile_path: str
     description: str
     env: tuple[EnvChange, ...]
+    #: Thread variables tcap does not set, because the library's own choice is
+    #: within its cap: value is what the library takes (None: unknown).
+    left_alone: tuple[EnvChange, ...]
     #: CPUs to pin to, or None to leave the affinity mask alone.
     pin: tuple[int, ...] | None
     #: The CPUs the program will run on (None when the OS has no mask).
@@ -84,6 +144,7 @@ class Plan:
         """Plain data (JSON and marshal friendly)."""
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["env"] = [[c.name, c.value, c.why] for c in self.env]
+        data["left_alone"] = [[c.name, c.value, c.why] for c in self.left_alone]
         for key in ("pin", "cpu_set", "notes"):
             data[key] = None if data[key] is None else list(data[key])
         return data
@@ -92,6 +153,7 @@ class Plan:
     def from_data(cls, data: Mapping[str, Any]) -> Plan:
         fields = dict(data)
         fields["env"] = tuple(EnvChange(*item) for item in data["env"])
+        fields["left_alone"] = tuple(EnvChange(*item) for item in data.get("left_alone", ()))
         for key in ("pin", "cpu_set", "notes"):
             fields[key] = None if data[key] is None else tuple(data[key])
         return cls(**fields)
@@ -104,8 +166,20 @@ def uses_physical(profile: Profile, overrides: Overrides) -> bool:
     return any(isinstance(v, str) and "physical" in v for v in values)
 
 
-def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Policy | None = None) -> Plan:
-    """Turn a merged profile, machine facts, flags and the site policy into a Plan."""
+def resolve(
+    profile: Profile,
+    machine: Machine,
+    overrides: Overrides,
+    policy: Policy | None = None,
+    inherited: Mapping[str, str] | None = None,
+    limits: Sequence[Limit] = (),
+) -> Plan:
+    """Turn a merged profile, machine facts, flags and the site policy into a Plan.
+
+    ``inherited`` holds the thread variables of the calling environment (what
+    the libraries would read without tcap); ``limits`` the build limits of the
+    target interpreter's native libraries, where tcap knows them.
+    """
     notes: list[str] = []
     settings = _apply_flags(profile.settings, overrides, notes)
     why: dict[str, str] = {}
@@ -173,9 +247,19 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Po
 
     ceiling = policy.max_threads if policy is not None else None
     capped: list[str] = []
+    openblas_limit = min((lim for lim in limits if lim.internal_api == "openblas"), default=None,
+                         key=lambda lim: lim.max_threads)
 
     def cap(keys: tuple[str, ...]) -> tuple[int, str]:
         value, reason = next((explicit[k] for k in keys if k in explicit), (default, default_why))
+        if openblas_limit is not None and keys[0] in BLAS_CALLERS and value > openblas_limit.max_threads:
+            # Every thread of these pools may be inside OpenBLAS at once; past
+            # its compiled-in MAX_THREADS its buffer table overflows.
+            limited = openblas_limit.max_threads
+            built = f"{openblas_limit.what} is built for at most {limited} threads"
+            if any(k in explicit for k in keys) and f"{reason} lowered to {limited}: {built}" not in notes:
+                notes.append(f"{reason} lowered to {limited}: {built}")
+            value, reason = limited, f"{reason}; lowered to {limited}: {built}"
         if ceiling is not None and value > ceiling:
             assert policy is not None
             if keys[0] not in capped:
@@ -186,22 +270,70 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Po
     caps: dict[str, int] = {}
     for key in ("threads", *APIS):
         caps[key], why[key] = cap((key, "threads"))
+    affinity = place if place is not None else (len(cpu_set) if cpu_set is not None else count)
+    own = _OwnChoice(affinity, machine, physical, openblas_limit)
+    inherited_values = {v.name: inherited[v.name] for v in VARIABLES if inherited and v.name in inherited}
+    final = dict(inherited_values)  # the thread variables as the program will see them, so far
     env: list[EnvChange] = []
+    left: list[EnvChange] = []
+    computed: dict[str, str] = {}
     for variable in VARIABLES:
+        if variable.own.startswith("follows:"):
+            continue
         if variable.basis == "workers":
+            asked = workers is not None
             value, reason = (workers, why["workers"]) if workers else (count, f"the usable CPUs ({count})")
         else:
+            asked = any(key in explicit for key in keys_for(variable))
             value, reason = cap(keys_for(variable))
             caps[variable.library], why[variable.library] = value, reason
-        env.append(EnvChange(variable.name, str(value), reason))
+        computed[variable.name] = str(value)
+        alone, alone_why = own.reads(variable, inherited_values, "inherited ")
+        target = value if asked or alone is None else min(alone, value)
+        now, now_why = own.reads(variable, final)
+        label = variable.label or variable.library
+        # Left alone only when the library, by itself and as tcap leaves the
+        # other variables, stays within the cap; set outright otherwise, so a
+        # library's own variable (not a fallback it shares) says its cap.
+        if not asked and alone is not None and alone <= value and now == target:
+            within = f"within the cap of {value} ({reason})"
+            left.append(EnvChange(variable.name, str(now), f"left alone: {label} takes {now} ({now_why}), {within}"))
+            continue
+        if asked:
+            text = reason
+        elif alone is None:
+            text = f"{reason}; {alone_why}"
+        elif alone > value:
+            text = f"{reason}; {label} alone would take {alone} ({alone_why})"
+        else:
+            changed = ", ".join(
+                f"{n}={final[n]}" for n in variable.fallbacks if final.get(n) != inherited_values.get(n)
+            )
+            text = f"{label} takes {alone} on its own ({alone_why}); set so that {changed} does not change it"
+        env.append(EnvChange(variable.name, str(target), text))
+        final[variable.name] = str(target)
+    for variable in VARIABLES:
+        if not variable.own.startswith("follows:"):
+            continue
+        leader = variable.own.partition(":")[2]
+        led = next((c.value for c in env if c.name == leader), None)
+        computed[variable.name] = computed.get(leader, str(count))
+        if led is not None:
+            env.append(EnvChange(variable.name, led, f"follows {leader}"))
+        else:
+            shown = inherited_values.get(variable.name) or next((c.value for c in left if c.name == leader), None)
+            left.append(EnvChange(variable.name, shown, f"left alone, as {leader} is"))
+    order = {v.name: i for i, v in enumerate(VARIABLES)}
+    env.sort(key=lambda change: order[change.name])
+    left.sort(key=lambda change: order[change.name])
 
     extra = dict(profile.env)
     for name, text in overrides.env:
         extra[name] = Setting(text, Origin(f"flag --set {name}={text}"))
     by_name = {change.name: i for i, change in enumerate(env)}
     thread_variables = {v.name for v in VARIABLES if v.basis != "workers"}
-    computed = {change.name: change.value for change in env}
     for name, setting in extra.items():
+        left = [change for change in left if change.name != name]
         change = EnvChange(name, setting.value, str(setting))
         if ceiling is not None and name in thread_variables:
             assert policy is not None
@@ -218,6 +350,7 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Po
         if name in by_name:
             env[by_name[name]] = change
         else:
+            by_name[name] = len(env)
             env.append(change)
 
     if capped:
@@ -233,6 +366,7 @@ def resolve(profile: Profile, machine: Machine, overrides: Overrides, policy: Po
         profile_path=profile.path,
         description=profile.description,
         env=tuple(env),
+        left_alone=tuple(left),
         pin=pin,
         cpu_set=cpu_set,
         cpus=count,

@@ -290,8 +290,47 @@ def _check(reason):
             except Exception:
                 _debug("enforce")
     _state["checks"] += 1
+    if not _state.get("recorded"):
+        _state["recorded"] = True
+        _record_libraries(info, caps)
     _write_record(reason, info, tpc)
     return over
+
+
+def _record_libraries(info, caps):
+    """Once per process: record the build facts of native libraries tcap has
+    not seen yet (its next plans for this interpreter respect their limits),
+    and warn when a cap is already past an OpenBLAS build limit."""
+    directory = os.environ.get("TCAP_LIBRARIES")
+    if not directory or not info:
+        return
+    try:
+        from _frozen_importlib import module_from_spec
+        from _frozen_importlib_external import spec_from_file_location
+
+        path = os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_inspect.py")
+        spec = spec_from_file_location("_tcap_inspect", path)
+        module = module_from_spec(spec)
+        spec.loader.exec_module(module)
+        new = module.unknown(directory, sys.executable, info)
+        if not new:
+            return
+        facts = module.describe(new)
+        module.record(directory, sys.executable, facts)
+    except Exception:
+        _debug("recording library facts")
+        return
+    profile = _state.get("profile")
+    for fact in facts:
+        limit = fact.get("max_threads")
+        for key in ("openmp", "openblas"):
+            if limit and caps.get(key, 0) > limit:
+                sys.stderr.write(
+                    f"tcap: warning: pid {os.getpid()} ({describe_process()}): {module.what(fact)} is built for "
+                    f"at most {limit} threads, but the {key} cap is {caps[key]}: more threads calling it at once "
+                    f"crash it; tcap's next launches of {sys.executable} cap {key} at {limit}"
+                    + (f" [profile {profile}]" if profile else "") + "\n"
+                )
 
 
 def describe_process():

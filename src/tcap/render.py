@@ -8,11 +8,13 @@ from collections.abc import Mapping, Sequence
 from tcap.cpuset import format_cpu_list
 from tcap.plan import Plan, inherited_overrides
 from tcap.profiles import Listing
+from tcap.variables import VARIABLES
 
 
 def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
     """The plan as ``tcap show`` prints it: every value and why."""
     replaced = {name: old for name, old, _ in inherited_overrides(plan, environ)}
+    order = {variable.name: i for i, variable in enumerate(VARIABLES)}
     lines = [f"profile   {plan.profile}  ({plan.profile_path})"]
     if plan.description:
         lines.append(f"          {plan.description}")
@@ -31,10 +33,12 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
         lines.append(f"workers   {plan.workers}  ({plan.why['workers']})")
     lines.append(f"verify    {plan.verify}  ({plan.why['verify']})")
     lines.append("")
-    width = max(len(change.name) for change in plan.env)
+    rows = sorted([*plan.env, *plan.left_alone], key=lambda change: order.get(change.name, len(order)))
+    width = max(len(change.name) for change in rows)
     lines.append(f"{'VARIABLE'.ljust(width)}  {'VALUE':<6}  WHY")
-    for change in plan.env:
-        value = "(unset)" if change.value is None else change.value
+    alone = {change.name for change in plan.left_alone}
+    for change in rows:
+        value = "-" if change.name in alone else "(unset)" if change.value is None else change.value
         why = change.why
         if change.name in replaced:
             why += f"  [replaces inherited {change.name}={replaced[change.name]}]"

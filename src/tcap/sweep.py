@@ -275,7 +275,7 @@ def profile_text(base: str, best: Result, ranked: Sequence[Result], verdict: str
 
 
 def run_sweep(options: Mapping[str, Any], command: Sequence[str], environ: Mapping[str, str]) -> int:
-    from tcap.commands import build_plan, self_command
+    from tcap.recipe import build_plan, self_command
     from tcap.search import DEFAULT_PROFILE
 
     if not command:

@@ -37,6 +37,19 @@ class Variable:
     #: affinity mask, False when it starts as many as asked, None if unknown.
     clamps_to_affinity: bool | None = None
     notes: str = ""
+    #: What the library picks when none of its variables is set: "affinity"
+    #: (the CPUs in its affinity mask), "online" (every online CPU, whatever
+    #: the mask), "physical" (the physical cores in the mask), "one" (a single
+    #: thread), or "follows:NAME" (this variable only sizes the pool NAME
+    #: sizes, and is set whenever NAME is).  tcap compares this with the cap
+    #: and sets the variable only when the library would go over it.
+    own: str = "affinity"
+    #: A ceiling the library puts on its own choice (numexpr's 16).
+    own_limit: int | None = None
+    #: Whether the library's own choice also respects a cgroup CPU quota.
+    quota_aware: bool = False
+    #: How the library names itself in ``tcap show`` ("OpenMP", "numexpr").
+    label: str = ""
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -46,6 +59,7 @@ VARIABLES: tuple[Variable, ...] = (
         notes="Every OpenMP runtime (libgomp, libomp, Intel's libiomp). libgomp "
         "starts as many threads as asked even on fewer CPUs. An OpenBLAS "
         "built with OpenMP reads only this variable.",
+        label="OpenMP",
     ),
     Variable(
         "OPENBLAS_NUM_THREADS", "openblas", "blas", internal_api="openblas",
@@ -54,63 +68,79 @@ VARIABLES: tuple[Variable, ...] = (
         notes="pthreads builds of OpenBLAS (numpy and scipy wheels). Unset, "
         "OpenBLAS falls back to GOTO_NUM_THREADS, then OMP_NUM_THREADS; it "
         "never starts more threads than the CPUs in its affinity mask.",
+        label="OpenBLAS",
     ),
     Variable(
         "GOTO_NUM_THREADS", "openblas", "blas", internal_api="openblas",
         notes="GotoBLAS's old name, still read by OpenBLAS when "
         "OPENBLAS_NUM_THREADS is unset.",
+        own="follows:OPENBLAS_NUM_THREADS", label="OpenBLAS",
     ),
     Variable(
         "MKL_NUM_THREADS", "mkl", "blas", internal_api="mkl",
         fallbacks=("OMP_NUM_THREADS",), wins_over=("OMP_NUM_THREADS",),
         notes="Intel MKL. Its own variable wins over OMP_NUM_THREADS.",
+        own="physical", label="MKL",
     ),
     Variable(
         "VECLIB_MAXIMUM_THREADS", "veclib", "blas",
         notes="Apple Accelerate (vecLib) on macOS.",
+        own="online", label="Accelerate",
     ),
     Variable(
         "BLIS_NUM_THREADS", "blis", "blas", internal_api="blis",
         fallbacks=("OMP_NUM_THREADS",),
         notes="BLIS; falls back to OMP_NUM_THREADS when unset.",
+        own="one", label="BLIS",
     ),
     Variable(
         "NUMEXPR_NUM_THREADS", "numexpr", None,
         fallbacks=("OMP_NUM_THREADS",),
-        notes="numexpr's working threads; falls back to OMP_NUM_THREADS.",
+        notes="numexpr's working threads; falls back to OMP_NUM_THREADS. Unset, "
+        "numexpr takes the online CPUs (not the affinity mask), at most 16.",
+        own="online", own_limit=16, label="numexpr",
     ),
     Variable(
         "NUMEXPR_MAX_THREADS", "numexpr", None,
         notes="numexpr's pool size; it must not be below NUMEXPR_NUM_THREADS.",
+        own="follows:NUMEXPR_NUM_THREADS", label="numexpr",
     ),
     Variable(
         "NUMBA_NUM_THREADS", "numba", None,
         notes="Numba's parallel=True pool, fixed when numba is first imported.",
+        label="Numba",
     ),
     Variable(
         "POLARS_MAX_THREADS", "polars", None,
         notes="Polars' rayon pool, fixed when polars is first imported.",
+        quota_aware=True, label="Polars",
     ),
     Variable(
         "RAYON_NUM_THREADS", "rayon", None,
         notes="Any Rust extension using rayon's global pool.",
+        quota_aware=True, label="rayon",
     ),
     Variable(
         "TF_NUM_INTRAOP_THREADS", "tensorflow", None,
         notes="TensorFlow threads inside one operation.",
+        label="TensorFlow",
     ),
     Variable(
         "TF_NUM_INTEROP_THREADS", "tensorflow", None,
         notes="TensorFlow threads running independent operations.",
+        label="TensorFlow",
     ),
     Variable(
         "BLOSC_NTHREADS", "blosc", None,
-        notes="c-blosc compression threads (PyTables, zarr, bcolz).",
+        notes="c-blosc compression threads (PyTables, zarr, bcolz), read at every "
+        "call; python-blosc and numcodecs start with min(8, online CPUs).",
+        own="online", own_limit=8, label="Blosc",
     ),
     Variable(
         "LOKY_MAX_CPU_COUNT", "loky", None, basis="workers",
         notes="The CPU count joblib/loky uses for n_jobs=-1; tcap holds it to "
         "`workers`, or the usable CPUs when workers is not set.",
+        quota_aware=True, label="loky (joblib)",
     ),
 )
 

@@ -1,0 +1,191 @@
+"""Native library facts: what each BLAS and OpenMP runtime of an interpreter
+is, and the build limits it reports about itself.
+
+Runs inside other interpreters: loaded by path by the probe (which has
+threadpoolctl's pool list anyway) and run as a script by ``tcap doctor`` in a
+child of the interpreter it inspects.  Standard library only; never imported
+at a program's start.
+
+Facts are recorded per interpreter in ``DIR/<prefix with / as %>.json``,
+one entry per library file with its size and mtime, so a reinstalled wheel
+is noticed.  The OpenBLAS config string (``openblas_get_config``) is the one
+place the build's ``MAX_THREADS`` is written: "OpenBLAS 0.3.31 DYNAMIC_ARCH
+NO_AFFINITY Haswell MAX_THREADS=64".
+"""
+
+import json
+import os
+import re
+import sys
+
+FORMAT = 1
+KEPT = ("internal_api", "user_api", "prefix", "filepath", "version", "threading_layer", "architecture")
+
+
+def interpreter_prefix(executable):
+    """The directory an interpreter's packages hang from: a venv's root, or
+    /usr for /usr/bin/python3.  ``python`` and ``python3`` of one venv share it."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(executable)))
+
+
+def store_file(directory, executable):
+    name = interpreter_prefix(executable).replace("%", "%25").replace(os.sep, "%")
+    return os.path.join(directory, (name or "%") + ".json")
+
+
+def owner(filepath):
+    """The package a vendored library came with: numpy for numpy.libs/..."""
+    parts = os.path.normpath(filepath or "").split(os.sep)
+    for index, part in enumerate(parts):
+        if part in ("site-packages", "dist-packages") and index + 1 < len(parts) - 1:
+            name = parts[index + 1]
+            name = name[: -len(".libs")] if name.endswith(".libs") else name
+            return name.replace("scikit_learn", "scikit-learn")
+    return None
+
+
+def openblas_config(filepath):
+    """The OpenBLAS config string of the library at ``filepath`` (already
+    loaded by the program), or None."""
+    import ctypes
+
+    library = ctypes.CDLL(filepath)
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_"):
+            function = getattr(library, f"{prefix}openblas_get_config{suffix}", None)
+            if function is not None:
+                function.restype = ctypes.c_char_p
+                text = function()
+                return text.decode("ascii", "replace").strip() if text else None
+    return None
+
+
+def what(fact):
+    """"numpy's OpenBLAS 0.3.31" for a fact."""
+    api = fact.get("internal_api")
+    kind = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(api) or fact.get("prefix") or str(api)
+    version = fact.get("version")
+    if isinstance(version, str) and version.count(".") > 2:
+        version = ".".join(version.split(".")[:3])  # 0.3.31.188.0 -> 0.3.31
+    text = f"{fact['owner']}'s {kind}" if fact.get("owner") else kind
+    return f"{text} {version}" if version else text
+
+
+def max_threads(config):
+    match = re.search(r"\bMAX_THREADS=(\d+)", config or "")
+    return int(match.group(1)) if match else None
+
+
+def describe(pools):
+    """threadpoolctl's pool dicts -> one fact dict per library file."""
+    facts = {}
+    for pool in pools:
+        path = pool.get("filepath")
+        if not path or path in facts:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        fact = {key: pool.get(key) for key in KEPT}
+        fact.update(size=st.st_size, mtime_ns=st.st_mtime_ns, owner=owner(path), config=None, max_threads=None)
+        if pool.get("internal_api") == "openblas":
+            try:
+                fact["config"] = openblas_config(path)
+            except Exception:
+                pass
+            fact["max_threads"] = max_threads(fact["config"])
+        facts[path] = fact
+    return list(facts.values())
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    except (OSError, ValueError):
+        return None
+
+
+def current(fact):
+    """Whether the library file is still the one the fact was taken from."""
+    try:
+        st = os.stat(fact["filepath"])
+    except (OSError, KeyError, TypeError):
+        return False
+    return st.st_size == fact.get("size") and st.st_mtime_ns == fact.get("mtime_ns")
+
+
+def unknown(directory, executable, pools):
+    """Pools whose library file has no current fact recorded yet."""
+    data = read(store_file(directory, executable)) or {}
+    known = {f.get("filepath"): f for f in data.get("libraries", []) if isinstance(f, dict)}
+    return [p for p in pools if p.get("filepath") and not (p["filepath"] in known and current(known[p["filepath"]]))]
+
+
+def record(directory, executable, facts):
+    """Merge ``facts`` into the interpreter's file (atomic); returns its path."""
+    path = store_file(directory, executable)
+    data = read(path) or {}
+    merged = {f["filepath"]: f for f in data.get("libraries", []) if isinstance(f, dict) and current(f)}
+    for fact in facts:
+        merged[fact["filepath"]] = fact
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    out = {"format": FORMAT, "prefix": interpreter_prefix(executable), "executable": executable,
+           "libraries": sorted(merged.values(), key=lambda f: f["filepath"])}
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(temporary, path)
+    return path
+
+
+def _load_threadpoolctl(path):
+    if path:
+        from importlib.util import module_from_spec, spec_from_file_location
+
+        spec = spec_from_file_location("_tcap_threadpoolctl", path)
+        module = module_from_spec(spec)
+        sys.modules["_tcap_threadpoolctl"] = module
+        spec.loader.exec_module(module)
+        return module
+    import threadpoolctl
+
+    return threadpoolctl
+
+
+def main(argv):
+    """``python _inspect.py [THREADPOOLCTL_PATH]``: import the numeric stack
+    that is installed, print this interpreter's native libraries as JSON."""
+    imported, missing = [], []
+    for name in ("numpy", "scipy.linalg", "sklearn.utils._openmp_helpers", "numexpr", "torch"):
+        try:
+            __import__(name)
+            imported.append(name.partition(".")[0])
+        except Exception:
+            missing.append(name.partition(".")[0])
+    try:
+        import threadpoolctl  # noqa: F401  the interpreter's own
+        tpc = _load_threadpoolctl(None)
+    except ImportError:
+        tpc = _load_threadpoolctl(argv[1] if len(argv) > 1 else None)
+    pools = tpc.threadpool_info()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    out = {
+        "executable": sys.executable,
+        "prefix": interpreter_prefix(sys.executable),
+        "python": sys.version.split()[0],
+        "imported": imported,
+        "missing": missing,
+        "threads": {p.get("filepath"): p.get("num_threads") for p in pools},
+        "affinity": affinity,
+        "libraries": describe(pools),
+    }
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,220 @@
+"""``tcap doctor``: one page on the machine, an interpreter's native thread
+libraries, the hazards they make together, and what a profile would set.
+
+The libraries are loaded in a child process of the interpreter inspected
+(``tcap/_inspect.py`` run by path), never in tcap's own; their build facts
+are recorded, so later plans for that interpreter respect the limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from tcap.cpuset import format_cpu_list
+from tcap.errors import TcapError
+from tcap.machine import Machine, read_machine, read_numa, usable
+from tcap.recipe import THREAD_VARIABLES, build_plan
+
+#: Seconds the child may take to import the numeric stack.
+CHILD_TIMEOUT = 120
+
+
+def machine_facts(environ: Mapping[str, str]) -> tuple[Machine, dict[str, Any]]:
+    machine = read_machine(topology=True, environ=environ)
+    count, why = usable(machine, machine.allowed)
+    per_core: dict[tuple[int, int], int] = {}
+    for core in (machine.cores or {}).values():
+        per_core[core] = per_core.get(core, 0) + 1
+    numa = read_numa(environ.get("TCAP_SYSROOT") or "/")
+    allowed = machine.allowed
+    facts = {
+        "online": machine.online,
+        "affinity": None if allowed is None else format_cpu_list(allowed),
+        "affinity_count": None if allowed is None else len(allowed),
+        "quota": machine.quota,
+        "quota_source": machine.quota_source,
+        "slurm": machine.slurm,
+        "slurm_source": machine.slurm_source,
+        "physical": len(per_core) if per_core else None,
+        "threads_per_core": max(per_core.values()) if per_core else None,
+        "numa": None if numa is None else [format_cpu_list(node) for node in numa],
+        "usable": count,
+        "usable_why": why,
+    }
+    return machine, facts
+
+
+def inspect_python(python: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Run tcap/_inspect.py in ``python``: its native libraries, as data."""
+    from importlib.util import find_spec
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = find_spec("threadpoolctl")
+    argv = [python, os.path.join(here, "_inspect.py")]
+    if spec is not None and spec.origin:
+        argv.append(spec.origin)
+    env = {k: v for k, v in environ.items() if k not in ("TCAP_PROBE", "TCAP_VERIFY")}
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
+    except OSError as error:
+        raise TcapError(f"tcap doctor: cannot run {python}: {error.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise TcapError(f"tcap doctor: {python} took over {CHILD_TIMEOUT} s to load its libraries") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        data = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        data = None
+    if done.returncode != 0 or not isinstance(data, dict):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TcapError(f"tcap doctor: {python} could not list its native libraries (is it a Python?): {last}")
+    return data
+
+
+def hazards(
+    facts: Mapping[str, Any], libraries: list[dict[str, Any]], imported: list[str], python: str,
+    environ: Mapping[str, str],
+) -> tuple[list[dict[str, str]], list[str]]:
+    """(hazards with their fix, plain notes)."""
+    from tcap.libraries import what
+
+    found: list[dict[str, str]] = []
+    notes: list[str] = []
+    usable_count = facts["usable"]
+    visible = facts["affinity_count"] or facts["online"] or usable_count
+    script = f"{python} fit.py" if python else "python fit.py"
+    for lib in libraries:
+        limit = lib.get("max_threads")
+        if isinstance(limit, int) and limit < max(usable_count, visible):
+            found.append({
+                "what": f"{what(lib)} is built for at most {limit} threads, but {max(usable_count, visible)} CPUs "
+                f"are visible: without tcap, OpenMP code calling it from every CPU (a KMeans fit) crashes with "
+                f"\"precompiled NUM_THREADS exceeded\"",
+                "fix": f"tcap run -p kmeans -- {script}   (tcap now caps OpenMP and OpenBLAS at {limit} for "
+                f"this interpreter)",
+            })
+    blas = [lib for lib in libraries if lib.get("user_api") == "blas"]
+    if len(blas) > 1:
+        notes.append(
+            f"{len(blas)} BLAS libraries are loaded ({', '.join(what(lib) for lib in blas)}): each has a pool of its "
+            "own, all sized by the same variables"
+        )
+    runtimes = sorted({str(lib.get("prefix")) for lib in libraries if lib.get("user_api") == "openmp"})
+    if len(runtimes) > 1:
+        found.append({
+            "what": f"several OpenMP runtimes in one process ({', '.join(runtimes)}): each starts its own team, and "
+            "mixing Intel's or LLVM's with GNU's is known to oversubscribe or deadlock",
+            "fix": f"install the packages from one source (all PyPI wheels, or all conda-forge); meanwhile "
+            f"tcap run --openmp 1 -- {script}",
+        })
+    if (facts["quota"] is not None or facts["slurm"] is not None) and usable_count < visible:
+        limit_text = (
+            f"the cgroup quota of {facts['quota']:g} CPUs" if facts["quota"] is not None
+            else f"Slurm's allocation of {facts['slurm']} CPUs"
+        )
+        found.append({
+            "what": f"{visible} CPUs are visible but {limit_text} keeps only {usable_count} busy: OpenMP, "
+            f"OpenBLAS and MKL count the {visible} and start that many threads each",
+            "fix": f"tcap run -- {script}   (the default profile caps them at {usable_count})",
+        })
+    affinity = facts["affinity_count"]
+    if "numexpr" in imported and facts["online"] and affinity and facts["online"] > affinity:
+        found.append({
+            "what": f"numexpr counts the {facts['online']} online CPUs, not the {affinity} of "
+            "the affinity mask, and starts up to 16 threads on them",
+            "fix": f"tcap run -- {script}",
+        })
+    for name in sorted(THREAD_VARIABLES):
+        value = environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > usable_count:
+            found.append({
+                "what": f"{name}={environ[name]} in this environment asks for more threads than the "
+                f"{usable_count} usable CPUs",
+                "fix": f"tcap run -- {script}   (tcap lowers it to {usable_count})",
+            })
+    return found, notes
+
+
+def doctor(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, Any], int]:
+    """The whole report as data, and the exit code (1: a hazard)."""
+    from tcap import _inspect
+    from tcap.libraries import default_interpreter, store_dir
+
+    python = str(options.get("python") or default_interpreter(environ))
+    _, facts = machine_facts(environ)
+    child = inspect_python(python, environ)
+    libraries = [lib for lib in child.get("libraries", []) if isinstance(lib, dict)]
+    recorded = None
+    if libraries:
+        try:
+            recorded = _inspect.record(store_dir(environ), python, libraries)  # type: ignore[no-untyped-call]
+        except OSError as error:
+            recorded = f"not recorded: {error.strerror}"
+    found, notes = hazards(facts, libraries, list(child.get("imported", [])), python, environ)
+    plan = build_plan({**options, "python": python}, environ)[0]
+    report = {
+        "machine": facts,
+        "python": {
+            "executable": python,
+            "version": child.get("python"),
+            "imported": child.get("imported", []),
+            "not_installed": child.get("missing", []),
+            "recorded_in": recorded,
+        },
+        "libraries": libraries,
+        "notes": notes,
+        "hazards": found,
+        "plan": plan.to_data(),
+    }
+    return report, 1 if found else 0
+
+
+def text(report: Mapping[str, Any], plan_text: str) -> str:
+    from tcap.libraries import what
+
+    m = report["machine"]
+    lines = ["machine"]
+    lines.append(f"  online CPUs      {m['online']}  (os.cpu_count())")
+    if m["affinity"] is not None:
+        lines.append(f"  affinity mask    {m['affinity_count']} CPUs: {m['affinity']}")
+    if m["physical"] is not None:
+        smt = f", {m['threads_per_core']} hardware threads per core (SMT)" if m["threads_per_core"] > 1 else ", no SMT"
+        lines.append(f"  physical cores   {m['physical']}{smt}")
+    if m["numa"] is not None:
+        nodes = "; ".join(f"node{i}: {cpus}" for i, cpus in enumerate(m["numa"]))
+        lines.append(f"  NUMA nodes       {len(m['numa'])} ({nodes})")
+    quota = "none" if m["quota"] is None else f"{m['quota']:g} CPUs ({m['quota_source']})"
+    lines.append(f"  cgroup quota     {quota}")
+    slurm = "not in a Slurm job" if m["slurm"] is None else f"{m['slurm']} CPUs ({m['slurm_source']})"
+    lines.append(f"  Slurm            {slurm}")
+    lines.append(f"  usable CPUs      {m['usable']}  ({m['usable_why']})")
+    p = report["python"]
+    lines += ["", f"python {p['executable']} ({p['version']})"]
+    lines.append(f"  imported         {', '.join(p['imported']) or 'nothing numeric'}"
+                 + (f"; not installed: {', '.join(p['not_installed'])}" if p["not_installed"] else ""))
+    if p["recorded_in"]:
+        lines.append(f"  facts recorded   {p['recorded_in']}")
+    lines += ["", "native thread libraries"]
+    if not report["libraries"]:
+        lines.append("  none loaded (threadpoolctl sees no BLAS or OpenMP runtime)")
+    for lib in report["libraries"]:
+        limit = lib.get("max_threads")
+        layer = f", {lib['threading_layer']} threads" if lib.get("threading_layer") else ""
+        built = f", built for at most {limit} threads" if limit else ""
+        lines.append(f"  {what(lib)} ({lib.get('user_api')}{layer}{built})")
+        lines.append(f"      {lib.get('filepath')}")
+    for note in report["notes"]:
+        lines.append(f"  note: {note}")
+    lines += ["", "hazards"]
+    if not report["hazards"]:
+        lines.append("  none found")
+    for number, hazard in enumerate(report["hazards"], 1):
+        lines.append(f"  {number}. {hazard['what']}")
+        lines.append(f"     fix: {hazard['fix']}")
+    lines += ["", "plan"]
+    lines += ["  " + line if line else "" for line in plan_text.rstrip("\n").split("\n")]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""Which interpreter a launch starts, and the build limits of its native
+libraries that tcap has recorded (by the probe, or by ``tcap doctor``).
+
+Read only when a plan is resolved (a plan-cache miss): the store file of the
+interpreter is a dependency of the cached plan, so a newly recorded limit
+changes the next launch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tcap import _inspect
+from tcap.plan import Limit
+
+
+def store_dir(environ: Mapping[str, str]) -> str:
+    """``$XDG_CACHE_HOME/tcap/libraries`` (default ``~/.cache/tcap/libraries``)."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tcap", "libraries")
+
+
+def store_file(environ: Mapping[str, str], interpreter: str) -> str:
+    return str(_inspect.store_file(store_dir(environ), interpreter))  # type: ignore[no-untyped-call]
+
+
+def interpreter_of(command: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """The Python interpreter ``command`` starts, if it plainly is one: a
+    ``python*`` executable, or a script whose ``#!`` line names one."""
+    if not command:
+        return None
+    found = _which(command[0], environ)
+    if found is None:
+        return None
+    if _is_python(found):
+        return found
+    try:
+        with open(found, "rb") as f:
+            first = f.read(256).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]
+        return _which(words[0], environ) if words and _is_python(words[0]) else None
+    return words[0] if words and _is_python(words[0]) else None
+
+
+def default_interpreter(environ: Mapping[str, str]) -> str:
+    """For ``tcap show``/``doctor`` without a command: the ``python3`` on PATH
+    (what ``tcap run -- python3 ...`` would start), else tcap's own."""
+    import sys
+
+    return _which("python3", environ) or sys.executable
+
+
+def _is_python(path: str) -> bool:
+    name = os.path.basename(path)
+    return name.startswith("python") and not name.endswith(("-config", ".py"))
+
+
+def _which(command: str, environ: Mapping[str, str]) -> str | None:
+    if "/" in command:
+        return os.path.abspath(command) if os.access(command, os.X_OK) else None
+    for directory in environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    return None
+
+
+def recorded(environ: Mapping[str, str], interpreter: str) -> list[dict[str, Any]]:
+    """The current facts recorded for ``interpreter`` (stale ones dropped)."""
+    data = _inspect.read(store_file(environ, interpreter)) or {}  # type: ignore[no-untyped-call]
+    current = _inspect.current
+    return [f for f in data.get("libraries", []) if isinstance(f, dict) and current(f)]  # type: ignore[no-untyped-call]
+
+
+def what(fact: Mapping[str, Any]) -> str:
+    """"numpy's OpenBLAS 0.3.31" for a fact."""
+    return str(_inspect.what(fact))  # type: ignore[no-untyped-call]
+
+
+def limits(facts: Sequence[Mapping[str, Any]]) -> list[Limit]:
+    """The build limits among ``facts``."""
+    out = []
+    for fact in facts:
+        limit = fact.get("max_threads")
+        if isinstance(limit, int) and limit > 0 and isinstance(fact.get("internal_api"), str):
+            out.append(Limit(fact["internal_api"], limit, what(fact)))
+    return out
