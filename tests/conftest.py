@@ -119,6 +119,12 @@ class Isolated:
         """The variables ``tcap show --json ARGS`` says it will set (None: unset)."""
         return {name: value for name, value, _why in self.show_json(*args, extra_env=extra_env)["env"]}
 
+    def takes(self, *args: str, extra_env: dict[str, str] | None = None) -> dict[str, str | None]:
+        """Each table variable as the libraries will run with it: the value
+        tcap sets, or what the library picks itself where tcap leaves it alone."""
+        data = self.show_json(*args, extra_env=extra_env)
+        return {name: value for name, value, _why in [*data["left_alone"], *data["env"]]}
+
     @staticmethod
     def error_line(result: subprocess.CompletedProcess, code: int) -> str:  # type: ignore[type-arg]
         """tcap failed with ``code`` and said so on exactly one stderr line; return it."""

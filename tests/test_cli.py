@@ -45,10 +45,14 @@ def test_show_json_lists_every_variable_with_value_and_why(iso: Isolated, profil
     assert data["profile"] == profile
     assert Path(data["profile_path"]) == Path(builtin_dir()) / f"{profile}.toml"
     names = [name for name, _, _ in data["env"]]
-    assert names == [v.name for v in VARIABLES]
-    for name, value, why in data["env"]:
+    order = [v.name for v in VARIABLES]
+    assert names == [n for n in order if n in names]
+    # Every variable is either set or left alone, with a reason either way.
+    assert sorted(names + [name for name, _, _ in data["left_alone"]]) == sorted(order)
+    for name, value, why in data["env"] + data["left_alone"]:
         assert isinstance(value, str) and value.isdigit() and int(value) >= 1, (name, value)
         assert isinstance(why, str) and why, name
+    assert all(why.startswith("left alone") for _, _, why in data["left_alone"])
     assert set(CAP_KEYS) <= set(data["caps"])
     assert data["verify"] in ("off", "warn", "strict", "enforce")
     assert data["inherited_overrides"] == []
@@ -59,7 +63,9 @@ def test_show_json_lists_every_variable_with_value_and_why(iso: Isolated, profil
 
 def test_show_json_values_for_known_profiles(iso: Isolated) -> None:
     cpus = len(AFFINITY)
-    default = iso.planned_env()
+    # Unconstrained here: the default sets nothing, the libraries pick the CPUs.
+    assert iso.planned_env() == {}
+    default = iso.takes()
     assert default["OMP_NUM_THREADS"] == str(cpus)
     assert default["OPENBLAS_NUM_THREADS"] == str(cpus)
     assert default["LOKY_MAX_CPU_COUNT"] == str(cpus)
@@ -69,6 +75,8 @@ def test_show_json_values_for_known_profiles(iso: Isolated) -> None:
     assert kmeans["workers"] == 2
     assert kmeans["caps"]["blas"] == 1
     assert kmeans["caps"]["openmp"] == max(1, cpus // 2)
+    lone = iso.show_json("-p", "kmeans")
+    assert lone["workers"] is None and lone["caps"]["openmp"] == cpus and lone["caps"]["blas"] == 1
     pool = iso.show_json("-p", "pool")
     assert pool["workers"] == cpus
     assert pool["caps"]["openmp"] == 1 and pool["caps"]["blas"] == 1
@@ -101,8 +109,11 @@ def test_show_text_names_file_and_line_of_profile_values(iso: Isolated) -> None:
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
     assert f"{kmeans}:{line_of(kmeans, 'blas')} blas = 1" in rows["OPENBLAS_NUM_THREADS"]
-    assert f"{pool}:{line_of(pool, 'workers')} workers" in rows["LOKY_MAX_CPU_COUNT"]
+    assert rows["OMP_NUM_THREADS"].split()[1] == "-" and "left alone: OpenMP takes" in rows["OMP_NUM_THREADS"]
     assert f"profile   kmeans  ({kmeans})" in result.stdout
+    result = iso.run("show", "-p", "pool")
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
+    assert f"{pool}:{line_of(pool, 'workers')} workers" in rows["LOKY_MAX_CPU_COUNT"]
 
 
 def test_show_text_user_profile_lines(iso: Isolated) -> None:
@@ -349,15 +360,24 @@ def test_env_pinning_plan_is_a_comment(iso: Isolated) -> None:
     assert result.returncode == 0, result.stderr
     comments = [line for line in result.stdout.splitlines() if line.startswith("#")]
     assert any(f"taskset -c {AFFINITY[0]}" in line for line in comments)
+    # The plan left OpenMP to count the pinned CPU, but a shell cannot pin:
+    # what the library would take under the pinning is exported instead.
     assert "export OMP_NUM_THREADS='1'" in result.stdout
 
 
+def test_env_of_the_default_here_sets_nothing(iso: Isolated) -> None:
+    result = iso.run("env", "--shell", "sh")
+    assert result.returncode == 0, result.stderr
+    assert "export" not in result.stdout
+    assert "left to the libraries" in result.stdout
+
+
 def test_env_shell_from_shell_variable(iso: Isolated) -> None:
-    fish = iso.run("env", extra_env={"SHELL": "/usr/bin/fish"})
+    fish = iso.run("env", "-p", "serial", extra_env={"SHELL": "/usr/bin/fish"})
     assert "set -gx OMP_NUM_THREADS" in fish.stdout
-    bash = iso.run("env", extra_env={"SHELL": "/bin/bash"})
+    bash = iso.run("env", "-p", "serial", extra_env={"SHELL": "/bin/bash"})
     assert "export OMP_NUM_THREADS=" in bash.stdout
-    unknown = iso.run("env", extra_env={"SHELL": "/usr/bin/nu"})
+    unknown = iso.run("env", "-p", "serial", extra_env={"SHELL": "/usr/bin/nu"})
     assert unknown.returncode == 0 and "export OMP_NUM_THREADS=" in unknown.stdout
 
 

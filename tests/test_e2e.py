@@ -136,10 +136,11 @@ def test_cpus_pins_the_child(iso: Isolated, spec, expected) -> None:
     report = probe(iso, "--cpus", spec(AFFINITY))
     want = expected(AFFINITY)
     assert report["affinity"] == want
-    # The default profile caps every pool at the CPUs in the set.
+    # The default profile caps every pool at the CPUs in the set; libgomp and
+    # OpenBLAS count the pinned CPUs themselves, so tcap leaves them alone.
     cpus = len(want)
-    assert report["env"]["OMP_NUM_THREADS"] == str(cpus)
-    assert report["env"]["OPENBLAS_NUM_THREADS"] == str(cpus)
+    assert report["env"]["OMP_NUM_THREADS"] is None
+    assert report["env"]["OPENBLAS_NUM_THREADS"] is None
     assert pools(report, "openmp") == [cpus]
     assert set(pools(report, "openblas")) == {cpus}
 
@@ -313,8 +314,8 @@ def test_serial_sets_every_table_variable_to_one(iso: Isolated) -> None:
     for variable in VARIABLES:
         if variable is loky:
             # loky's variable counts worker processes, not threads: serial
-            # leaves workers unset, so it is the usable CPU count.
-            assert report["env"][variable.name] == str(len(report["affinity"]))
+            # leaves workers unset, and loky counts the usable CPUs itself.
+            assert report["env"][variable.name] is None
         else:
             assert report["env"][variable.name] == "1", variable.name
     assert pools(report, "openmp") == [1]
@@ -524,6 +525,9 @@ def _cache_file(iso: Isolated) -> Path:
 
 
 def test_cache_second_run_is_a_hit_with_the_same_env(iso: Isolated) -> None:
+    # The very first launch of an interpreter records its libraries' build
+    # facts (a dependency of the plan): the launch after it resolves again.
+    probe(iso, "-p", "kmeans", "--workers", "2")
     first = probe(iso, "-p", "kmeans", "--workers", "2")
     cache = _cache_file(iso)
     before = cache.stat()
@@ -536,7 +540,7 @@ def test_cache_second_run_is_a_hit_with_the_same_env(iso: Isolated) -> None:
     # Different flags are a different entry with different values.
     third = probe(iso, "-p", "kmeans", "--workers", "1")
     assert third["env"]["LOKY_MAX_CPU_COUNT"] == "1"
-    assert third["env"]["OMP_NUM_THREADS"] == str(len(AFFINITY))
+    assert third["env"]["OMP_NUM_THREADS"] is None  # all the CPUs: libgomp's own choice
 
 
 def test_cache_invalidated_when_the_profile_changes(iso: Isolated) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_plan import EIGHT, make_profile, smt_machine
 
 from tcap.machine import Machine
 from tcap.plan import Limit, Overrides, Plan, resolve
 from tcap.recipe import THREAD_VARIABLES
 from tcap.variables import VARIABLES
+from test_plan import EIGHT, make_profile, smt_machine
 
 NUMPY_OPENBLAS = Limit("openblas", 64, "numpy's OpenBLAS 0.3.31")
 

@@ -87,16 +87,19 @@ def hazards(
     usable_count = facts["usable"]
     visible = facts["affinity_count"] or facts["online"] or usable_count
     script = f"{python} fit.py" if python else "python fit.py"
-    for lib in libraries:
-        limit = lib.get("max_threads")
-        if isinstance(limit, int) and limit < max(usable_count, visible):
-            found.append({
-                "what": f"{what(lib)} is built for at most {limit} threads, but {max(usable_count, visible)} CPUs "
-                f"are visible: without tcap, OpenMP code calling it from every CPU (a KMeans fit) crashes with "
-                f"\"precompiled NUM_THREADS exceeded\"",
-                "fix": f"tcap run -p kmeans -- {script}   (tcap now caps OpenMP and OpenBLAS at {limit} for "
-                f"this interpreter)",
-            })
+    limited = [lib for lib in libraries if isinstance(lib.get("max_threads"), int)
+               and lib["max_threads"] < max(usable_count, visible)]
+    if limited:
+        limit = min(lib["max_threads"] for lib in limited)
+        names = " and ".join(what(lib) for lib in limited)
+        built, it = ("is", "it") if len(limited) == 1 else ("are", "them")
+        found.append({
+            "what": f"{names} {built} built for at most {limit} threads, but {max(usable_count, visible)} CPUs "
+            f"are visible: without tcap, OpenMP code calling {it} from every CPU (a KMeans fit) crashes with "
+            f"\"precompiled NUM_THREADS exceeded\"",
+            "fix": f"tcap run -p kmeans -- {script}   (tcap now caps OpenMP and OpenBLAS at {limit} for "
+            f"this interpreter)",
+        })
     blas = [lib for lib in libraries if lib.get("user_api") == "blas"]
     if len(blas) > 1:
         notes.append(

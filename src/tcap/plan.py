@@ -316,10 +316,10 @@ def resolve(
         if not variable.own.startswith("follows:"):
             continue
         leader = variable.own.partition(":")[2]
-        led = next((c.value for c in env if c.name == leader), None)
+        led = next((c for c in env if c.name == leader), None)
         computed[variable.name] = computed.get(leader, str(count))
         if led is not None:
-            env.append(EnvChange(variable.name, led, f"follows {leader}"))
+            env.append(EnvChange(variable.name, led.value, led.why))
         else:
             shown = inherited_values.get(variable.name) or next((c.value for c in left if c.name == leader), None)
             left.append(EnvChange(variable.name, shown, f"left alone, as {leader} is"))

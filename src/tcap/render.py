@@ -91,7 +91,15 @@ def env_script(plan: Plan, shell: str) -> str:
     if plan.pin is not None:
         cpus = format_cpu_list(plan.pin)
         lines.append(f"# this plan pins to CPUs {cpus}; a shell cannot do that for itself: use `taskset -c {cpus} CMD`")
-    for change in plan.env:
+    changes = list(plan.env)
+    if plan.pin is not None or plan.place is not None:
+        # Left alone, a library counts the CPUs it may run on; a shell cannot
+        # pin, so say outright what it would take on the planned CPUs.
+        changes += [c for c in plan.left_alone if c.value is not None]
+    elif plan.left_alone:
+        names = " ".join(change.name for change in plan.left_alone)
+        lines.append(f"# left to the libraries (their own choice is within the caps): {names}")
+    for change in changes:
         if change.value is None:
             lines.append(f"set -e {change.name}" if shell == "fish" else f"unset {change.name}")
         elif shell == "fish":

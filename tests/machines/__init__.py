@@ -7,8 +7,9 @@ libraries ``tcap doctor`` loads are real.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 HERE = Path(__file__).parent
 NAMES = sorted(p.stem for p in HERE.glob("*.toml"))
