@@ -13,6 +13,7 @@ import alias  # noqa: E402
 import kernel  # noqa: E402
 import launcher  # noqa: E402
 import probe  # noqa: E402
+import profiles  # noqa: E402
 import sampler  # noqa: E402
 import workloads  # noqa: E402
 from common import machine_description  # noqa: E402
@@ -40,6 +41,7 @@ def main() -> int:
         sampler.run(20),
         kernel.run(max(10, args.rounds * 2 // 3)),
         workloads.run(args.workload_rounds),
+        profiles.run(args.workload_rounds + 2),
     ]
     today = datetime.date.today().isoformat()
     text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)

@@ -151,6 +151,7 @@ def doctor(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[dict
     _, facts = machine_facts(environ)
     child = inspect_python(python, environ)
     libraries = [lib for lib in child.get("libraries", []) if isinstance(lib, dict)]
+    libraries.sort(key=lambda lib: (str(lib.get("user_api")), str(lib.get("owner")), str(lib.get("filepath"))))
     recorded = None
     if libraries:
         try:
