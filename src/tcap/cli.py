@@ -11,7 +11,7 @@ import os
 import sys
 
 from tcap.errors import EXIT_INTERNAL, TcapError
-from tcap.recipe import PLAN_OPTIONS
+from tcap.grammar import COMMANDS, KERNEL_COMMANDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,38 +101,6 @@ pool over its cap under verify strict (the command itself exited 0); 75
 too few free CPUs for auto:N under the site policy's on_full = error/wait.
 """
 
-# command -> (options taking a value, flags without one, what else it takes:
-# True a command (options end at its first word), "args" plain arguments
-# among the options, False nothing)
-COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
-    "run": (
-        {**PLAN_OPTIONS, "--report-json": "report_json", "--plan": "plan"},
-        ("--dry-run", "--report", "--kernel"),
-        True,
-    ),
-    "show": ({**PLAN_OPTIONS, "--python": "python"}, ("--json",), False),
-    "env": ({**PLAN_OPTIONS, "--shell": "shell", "--python": "python"}, (), False),
-    "doctor": ({**PLAN_OPTIONS, "--python": "python"}, ("--json",), False),
-    "profiles": ({}, ("--json", "--names"), False),
-    "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
-    "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), "args"),
-    "bookings": ({}, ("--json",), False),
-    "sweep": (
-        {"-p": "profile", "--profile": "profile", "--threads": "threads", "--blas": "blas", "--openmp": "openmp",
-         "--workers": "workers", "--repeat": "repeat", "--save": "save", "--plot": "plot"},
-        ("--json",),
-        True,
-    ),
-    "kernel install": (
-        {**PLAN_OPTIONS, "--name": "name", "--display-name": "display_name", "--prefix": "prefix",
-         "--python": "python"},
-        ("--user", "--sys-prefix", "--freeze", "--force"),
-        False,
-    ),
-    "kernel list": ({}, ("--json",), False),
-    "kernel remove": ({}, ("--force",), "args"),
-}
-KERNEL_COMMANDS = ("install", "list", "remove")
 
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:

@@ -239,7 +239,7 @@ def alias(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str
 
 def shell_init(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
     """``tcap shell-init SHELL``: aliases and completion, for eval in an rc file."""
-    from tcap.cli import COMMANDS
+    from tcap.grammar import COMMANDS
     from tcap.shell import completion
 
     if len(rest) > 1:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from tcap.errors import TcapError
+from tcap.grammar import PLAN_OPTIONS
 from tcap.search import DEFAULT_PROFILE, is_path, search_path
 
 TYPE_CHECKING = False
@@ -31,17 +32,6 @@ THREAD_VARIABLES = frozenset((
     "RAYON_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "BLOSC_NTHREADS", "LOKY_MAX_CPU_COUNT",
 ))
 
-PLAN_OPTIONS = {
-    "-p": "profile",
-    "--profile": "profile",
-    "--threads": "threads",
-    "--blas": "blas",
-    "--openmp": "openmp",
-    "--workers": "workers",
-    "--cpus": "cpus",
-    "--set": "set",
-    "--verify": "verify",
-}
 
 
 
