@@ -255,10 +255,22 @@ def test_read_machine_without_topology(tmp_path):
     assert machine.quota is None and machine.slurm is None
 
 
-def test_read_machine_no_mask_uses_cpu_count(tmp_path):
+def test_read_machine_no_mask_uses_the_online_cpus(tmp_path):
     machine = read_machine(environ={}, root=str(tmp_path))
     assert machine.allowed is None
-    assert machine.online == os.cpu_count()
+    assert machine.online is None  # nothing in this tree says how many
+    write(tmp_path, "sys/devices/system/cpu/online", "0-5,8\n")
+    assert read_machine(environ={}, root=str(tmp_path)).online == 7
+    assert read_machine(environ={}).online == os.cpu_count()
+
+
+def test_sysroot_points_every_reader_at_a_described_machine(tmp_path):
+    root = fake_root(tmp_path, allowed="0-127", cgroup="0::/\n")
+    write(tmp_path, "sys/fs/cgroup/cpu.max", "400000 100000\n")
+    machine = read_machine(environ={"TCAP_SYSROOT": root}, topology=True)
+    assert machine.allowed == frozenset(range(128))
+    assert machine.quota == 4.0
+    assert machine.cores is None  # no topology files in this tree: unknown, not guessed
 
 
 # --- usable -------------------------------------------------------------------
