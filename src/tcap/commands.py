@@ -226,7 +226,12 @@ def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: 
             "It goes stale when the profile, the site policy or the machine changes: run "
             "`tcap alias --static` again then."
         )
-        blocks.append(static_alias(alias, recipe_of(plan, environ), shell, taskset, header))
+        recipe = recipe_of(plan, environ)
+        if plan.pin is not None and not taskset:
+            # Unpinned, the libraries tcap leaves alone would count every CPU:
+            # give them what they would take on the planned CPUs.
+            recipe["env"] = [*recipe["env"], *([c.name, c.value] for c in plan.left_alone if c.value is not None)]
+        blocks.append(static_alias(alias, recipe, shell, taskset, header))
     return "\n".join(blocks) + ("\n" if blocks else "")
 
 
