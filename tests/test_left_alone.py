@@ -169,6 +169,15 @@ def test_openblas_limit_applies_to_explicit_values_with_a_note():
     assert any("lowered to 64" in note for note in plan.notes)
 
 
+def test_openblas_limit_applies_to_env_and_set_values_too():
+    machine = Machine(frozenset(range(128)))
+    profile = make_profile(env={"OMP_NUM_THREADS": "128,2"})
+    plan = resolve(profile, machine, Overrides(env=(("OPENBLAS_NUM_THREADS", "100"),)), limits=[NUMPY_OPENBLAS])
+    assert env_of(plan)["OMP_NUM_THREADS"] == "64,2"
+    assert env_of(plan)["OPENBLAS_NUM_THREADS"] == "64"
+    assert sum("lowered to" in note for note in plan.notes) == 2
+
+
 def test_openblas_limit_leaves_openblas_alone_when_it_clamps_itself():
     machine = Machine(frozenset(range(128)))
     plan = resolve(make_profile(), machine, Overrides(), limits=[NUMPY_OPENBLAS])

@@ -584,7 +584,7 @@ def test_wall_time_is_not_rounded_up_to_the_sampling_interval(iso: Isolated) -> 
     walls = [sample["wall"] for sample in json.loads(result.stdout)["ranking"][0]["samples"]]
     # tcap run + interpreter start + 0.16 s: well under the 0.3 s a 0.1 s polling step gave
     # (the median: the first run also resolves the plan, a cache miss, slower under load)
-    assert all(0.16 <= wall for wall in walls), walls
+    assert all(wall >= 0.16 for wall in walls), walls
     assert sorted(walls)[1] < 0.29, walls
 
 

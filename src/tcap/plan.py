@@ -24,6 +24,7 @@ DEFAULT_VERIFY = "warn"
 #: Cap keys whose threads may all call into an OpenBLAS at once: its own
 #: pool, and OpenMP (a KMeans fit's OpenMP threads each call BLAS).
 BLAS_CALLERS = ("openblas", "openmp")
+BLAS_CALLER_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")
 
 
 class Limit(NamedTuple):
@@ -347,6 +348,12 @@ def resolve(
             elif clamped != setting.value:
                 change = EnvChange(name, clamped, f"{setting}; capped to {ceiling} by {rule}")
                 capped.append(name)
+        if openblas_limit is not None and name in BLAS_CALLER_VARIABLES and change.value is not None:
+            limited = clamp_counts(change.value, openblas_limit.max_threads)
+            if limited is not None and limited != change.value:
+                built = f"{openblas_limit.what} is built for at most {openblas_limit.max_threads} threads"
+                change = EnvChange(name, limited, f"{change.why}; lowered: {built}")
+                notes.append(f"{setting} lowered to {limited}: {built}")
         if name in by_name:
             env[by_name[name]] = change
         else:
