@@ -27,7 +27,7 @@ CASES = (
 )
 #: The cases with a target: the static aliases.
 TARGETED = ("static", "static-off")
-#: What each case's child must see: OMP_NUM_THREADS, TCAP_VERIFY, whether the probe is loaded.
+#: What each case's child must see: OPENBLAS_NUM_THREADS (kmeans: blas = 1), TCAP_VERIFY, whether the probe is loaded.
 EXPECTED = {
     "direct": "None None False",
     "static": "1 warn True",
@@ -60,7 +60,7 @@ def _script(aliases: str, python: str, rounds: int, seed: int = 0) -> str:
     order each round, and prints `T KEY START END` ($EPOCHREALTIME)."""
     check = shlex.quote(
         "import os, sys; e = os.environ; "
-        "print(e.get('OMP_NUM_THREADS'), e.get('TCAP_VERIFY'), '_tcap_probe' in sys.modules)"
+        "print(e.get('OPENBLAS_NUM_THREADS'), e.get('TCAP_VERIFY'), '_tcap_probe' in sys.modules)"
     )
     lines = [
         "set -e",
@@ -113,7 +113,7 @@ def measure(rounds: int) -> dict[str, list[float]]:
             TCAP_SITE_DIR=os.path.join(home, "site"),  # no site policy
             TCAP_PROFILE_PATH=profiles,
         )
-        for variable in ("PYTHONPATH", "TCAP_DEBUG", "TCAP_NO_CACHE", "OMP_NUM_THREADS", "TCAP_VERIFY"):
+        for variable in ("PYTHONPATH", "TCAP_DEBUG", "TCAP_NO_CACHE", "OPENBLAS_NUM_THREADS", "TCAP_VERIFY"):
             env.pop(variable, None)
         script = os.path.join(home, "bench.bash")
         with open(script, "w") as f:

@@ -12,7 +12,7 @@ from common import interleave, median, timed_run
 
 #: Targets for the median difference, in milliseconds.
 TARGETS = {"pass": 3.0, "import numpy": 6.0}
-#: (program, profile) pairs: kmeans caps every pool at 1, default at the CPU count.
+#: (program, profile) pairs: kmeans caps BLAS at 1, default every pool at the CPU count.
 CASES = (("pass", "kmeans"), ("import numpy", "kmeans"), ("import numpy", "default"))
 
 
@@ -68,7 +68,7 @@ def run(rounds: int) -> str:
         "meta-path entry; with numpy, also `threading` and the timer thread it starts. threadpoolctl "
         "loads at the first check: 0.25 s after the first numeric import on the timer thread, or at exit "
         "if the process runs at least as many native threads as its smallest cap (only then can a "
-        "pool be over its cap): under `kmeans` `import numpy` starts no native thread, under `default` "
+        "pool be over its cap): under `kmeans` (BLAS at 1) `import numpy` starts no native thread, under `default` "
         "OpenBLAS starts one, below the cap of 2, so neither short program loads threadpoolctl.",
         "",
     ]
