@@ -145,7 +145,8 @@ def install(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str
     spec = options.get("profile") or DEFAULT_PROFILE
     if is_path(spec):
         spec = os.path.abspath(spec)
-    plan = build_plan({**options, "profile": spec}, environ)[0]
+    # The kernel's interpreter decides which recorded library limits apply.
+    plan = build_plan({**options, "profile": spec, "python": options.get("python") or sys.executable}, environ)[0]
     if plan.verify == "strict":
         raise TcapError(
             "verify strict needs tcap to supervise the process, but a kernel must be exec'ed (Jupyter signals "

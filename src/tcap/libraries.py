@@ -90,6 +90,8 @@ def limits(facts: Sequence[Mapping[str, Any]]) -> list[Limit]:
     out = []
     for fact in facts:
         limit = fact.get("max_threads")
-        if isinstance(limit, int) and limit > 0 and isinstance(fact.get("internal_api"), str):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            continue
+        if isinstance(fact.get("internal_api"), str):
             out.append(Limit(fact["internal_api"], limit, what(fact)))
     return out

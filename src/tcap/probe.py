@@ -302,7 +302,7 @@ def _record_libraries(info, caps):
     not seen yet (its next plans for this interpreter respect their limits),
     and warn when a cap is already past an OpenBLAS build limit."""
     directory = os.environ.get("TCAP_LIBRARIES")
-    if not directory or not info:
+    if not directory or not info or not sys.executable:  # an embedded interpreter has no executable to key on
         return
     try:
         from _frozen_importlib import module_from_spec

@@ -33,8 +33,6 @@ THREAD_VARIABLES = frozenset((
 ))
 
 
-
-
 def plan_flags(options: Mapping[str, Any]) -> list[str]:
     """The plan options in ``options`` as ``tcap run`` flags (``--set`` last,
     repeated): what a kernelspec passes on, what ``--plan`` excludes."""
