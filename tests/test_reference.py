@@ -7,12 +7,20 @@ import pytest
 from tcap import reference
 from tcap.variables import VARIABLES
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "profiles.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def test_committed_docs_match_the_table() -> None:
-    text = DOCS.read_text(encoding="utf-8")
-    assert reference.update(text) == text, "run: python -m tcap.reference docs/profiles.md"
+@pytest.mark.parametrize("name", ["profiles.md", "verification.md"])
+def test_committed_docs_match_the_tables(name: str) -> None:
+    text = (DOCS / name).read_text(encoding="utf-8")
+    assert reference.update(text) == text, "run: python -m tcap.reference docs/profiles.md docs/verification.md"
+
+
+def test_every_pool_of_the_registry_has_a_row() -> None:
+    from tcap.probe import POOLS
+
+    table = reference.pool_table()
+    assert all(f"`{module}`" in table for module, *_ in POOLS)
 
 
 @pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.name)

@@ -53,19 +53,24 @@ def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str
         "TCAP_CAPS": caps,
         "TCAP_LIBRARIES": store_dir(environ),
     }
+    if plan.pin is not None:  # the probe verifies the affinity against it
+        extra["TCAP_CPUS"] = ",".join(str(cpu) for cpu in plan.pin)
     if spec is not None and spec.origin:
         extra["TCAP_THREADPOOLCTL"] = spec.origin
     return os.path.join(here, "_bootstrap"), extra
 
 
-def pin(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+def pin(recipe: Mapping[str, Any], environ: Mapping[str, str], child: dict[str, str] | None = None) -> None:
     """Apply the recipe's CPU pinning to this process (children inherit it);
-    for auto placement, book the CPUs first (tcap.placement)."""
+    for auto placement, book the CPUs first (tcap.placement), and tell the
+    probe in ``child`` (the child's environment) which CPUs were booked."""
     cpus = recipe.get("pin")
     if recipe.get("place"):
         from tcap.placement import book
 
         cpus = book(recipe["place"], environ)
+        if child is not None and recipe.get("bootstrap"):
+            child["TCAP_CPUS"] = ",".join(str(cpu) for cpu in sorted(cpus))
     if cpus is None:
         return
     try:
@@ -77,7 +82,7 @@ def pin(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> None:
 def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:
     """Pin, then replace this process with ``argv``; raise TcapError on failure."""
     env = child_environ(recipe, environ)
-    pin(recipe, environ)
+    pin(recipe, environ, env)
     command = argv[0]
     first: OSError | None = None
     # execvpe's own PATH search imports warnings (os.get_exec_path); this

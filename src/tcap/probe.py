@@ -22,8 +22,37 @@ import time
 # Top-level packages whose import means native thread pools may exist.
 NUMERIC = frozenset(
     ("numpy", "scipy", "sklearn", "torch", "numexpr", "numba", "threadpoolctl", "mkl", "pandas", "polars",
-     "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss")
+     "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss", "numcodecs", "blosc", "zarr")
 )
+# Pools threadpoolctl does not see, read through each library's own public
+# API, and only once the program has imported it (a check never imports a
+# library): (module, pool name, cap key, read(module) -> threads, limit(module,
+# n) or None when the pool cannot shrink, what enforce can do).
+POOLS = (
+    ("numexpr", "numexpr", "numexpr", lambda m: m.get_num_threads(), lambda m, n: m.set_num_threads(n),
+     "set_num_threads() lowers it"),
+    ("numba", "numba", "numba", lambda m: m.config.NUMBA_NUM_THREADS, None,
+     "the pool is sized once, from NUMBA_NUM_THREADS at import: warn only"),
+    ("polars", "polars", "polars", lambda m: m.thread_pool_size(), None,
+     "the pool is sized once, from POLARS_MAX_THREADS at import: warn only"),
+    ("numcodecs.blosc", "blosc (numcodecs)", "blosc", lambda m: _blosc(m.get_nthreads()), lambda m, n: _blosc_limit(m, n),  # noqa: E501
+     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it"),
+    ("blosc", "blosc", "blosc", lambda m: _blosc(m.nthreads), lambda m, n: _blosc_limit(m, n),
+     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it"),
+)
+
+
+def _blosc_limit(module, n):
+    if os.environ.get("BLOSC_NTHREADS"):
+        os.environ["BLOSC_NTHREADS"] = str(n)
+    module.set_nthreads(n)
+
+
+def _blosc(configured):
+    """c-blosc applies BLOSC_NTHREADS at every (de)compression call when it
+    is set, whatever the library was configured with at import."""
+    value = os.environ.get("BLOSC_NTHREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else configured
 # Seconds after the first numeric import (or after a fork) of each timer
 # check; afterwards every LAST seconds.
 SCHEDULE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -41,6 +70,33 @@ def _debug(what):
 
         sys.stderr.write(f"tcap: probe: {what} failed in pid {os.getpid()}:\n")
         traceback.print_exc()
+
+
+def _cpu_list(text):
+    """"0-3,8" -> {0, 1, 2, 3, 8}; None when empty or malformed."""
+    cpus = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        return None
+    return cpus or None
+
+
+def _affinity():
+    """The CPUs any thread of this process may run on, and the thread ids."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    allowed = set()
+    for tid in tids:
+        try:
+            allowed |= os.sched_getaffinity(tid)
+        except OSError:
+            pass  # the thread ended meanwhile
+    return allowed, tids
 
 
 def _caps():
@@ -64,6 +120,7 @@ def start():
             profile=os.environ.get("TCAP_PROFILE", ""),
             report_dir=os.environ.get("TCAP_REPORT_DIR") or None,
             tpc_path=os.environ.get("TCAP_THREADPOOLCTL") or None,
+            cpus=_cpu_list(os.environ.get("TCAP_CPUS", "")),
         )
         _reset_process()
         atexit.register(_at_exit)
@@ -252,8 +309,16 @@ def _check(reason):
     if os.getpid() != _state.get("pid"):
         _reset_process()
     tpc = _threadpoolctl()
-    info = tpc.threadpool_info()
+    info = tpc.threadpool_info() + other_pools()
     caps = _state["caps"]
+    planned = _state.get("cpus")
+    if planned and hasattr(os, "sched_getaffinity"):
+        # The plan pinned CPUs: a thread allowed outside them escaped it.
+        allowed, _ = _affinity()
+        # As a pool: the CPUs in reach (the plan's and any outside it) against the plan's count.
+        info.append({"internal_api": "affinity", "user_api": "cpus", "num_threads": len(allowed | planned)
+                     if not allowed <= planned else len(allowed), "filepath": None, "_cpus": allowed})
+        caps = {**caps, "affinity": len(planned)}
     over = []
     for pool in info:
         cap = cap_for(pool, caps)
@@ -292,7 +357,7 @@ def _check(reason):
     _state["checks"] += 1
     if not _state.get("recorded"):
         _state["recorded"] = True
-        _record_libraries(info, caps)
+        _record_libraries([pool for pool in info if "_module" not in pool], caps)
     _write_record(reason, info, tpc)
     return over
 
@@ -344,6 +409,13 @@ def describe_process():
 def _warn(pool, cap):
     profile = _state.get("profile")
     suffix = f" [profile {profile}]" if profile else ""
+    if pool.get("internal_api") == "affinity":
+        sys.stderr.write(
+            f"tcap: warning: pid {os.getpid()} ({describe_process()}): CPU affinity widened to "
+            f"{_cpu_text(pool['_cpus'])}, outside the plan's CPUs {_cpu_text(_state['cpus'])}{suffix}\n"
+        )
+        sys.stderr.flush()
+        return
     sys.stderr.write(
         f"tcap: warning: pid {os.getpid()} ({describe_process()}): {pool.get('internal_api')} "
         f"({pool.get('user_api')}) has {pool.get('num_threads') or 0} threads, cap {cap}{suffix}\n"
@@ -386,9 +458,59 @@ def _enforce(tpc, pool, cap):
         pending.pop(key, None)
 
 
+def _cpu_text(cpus):
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def other_pools():
+    """The POOLS of the libraries the program has imported, as threadpoolctl
+    style dicts; a library whose API fails is "could not check", not listed."""
+    found = []
+    for module_name, name, key, read, limit, _ in POOLS:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        try:
+            threads = read(module)
+            if isinstance(threads, bool) or not isinstance(threads, int):
+                continue
+        except Exception:
+            _debug(f"reading the {name} pool")
+            continue
+        found.append({"internal_api": name, "user_api": key, "num_threads": threads, "prefix": module_name,
+                      "filepath": getattr(module, "__file__", None), "version": getattr(module, "__version__", None),
+                      "_limit": limit, "_module": module})
+    return found
+
+
 def _limit(tpc, pool, cap):
     before = pool.get("num_threads")
-    tpc.ThreadpoolController().select(filepath=pool.get("filepath")).limit(limits=cap)
+    if pool.get("internal_api") == "affinity":
+        planned = _state["cpus"]
+        for tid in _affinity()[1]:
+            try:
+                os.sched_setaffinity(tid, planned)
+            except OSError:
+                pass
+        _state["enforced"].append({"internal_api": "affinity", "filepath": None, "from": _cpu_text(pool["_cpus"]),
+                                   "to": _cpu_text(planned), "at": time.time()})
+        _state["seen"].pop((None, "affinity"), None)
+        sys.stderr.write(f"tcap: enforced: pid {os.getpid()} ({describe_process()}): CPU affinity pinned back "
+                         f"to {_cpu_text(planned)}\n")
+        sys.stderr.flush()
+        return
+    if "_module" in pool:
+        if pool["_limit"] is None:
+            if not _state.setdefault("cannot", set()) >= {pool.get("internal_api")}:
+                _state["cannot"].add(pool.get("internal_api"))
+                sys.stderr.write(
+                    f"tcap: note: pid {os.getpid()} ({describe_process()}): enforce cannot shrink the "
+                    f"{pool.get('internal_api')} pool (sized once, at import); it stays at {before}\n"
+                )
+            return
+        pool["_limit"](pool["_module"], cap)
+    else:
+        tpc.ThreadpoolController().select(filepath=pool.get("filepath")).limit(limits=cap)
     _state["enforced"].append(
         {"internal_api": pool.get("internal_api"), "filepath": pool.get("filepath"),
          "from": before, "to": cap, "at": time.time()}
@@ -468,7 +590,7 @@ def _magic(line=""):
     """%tcap: every native thread pool of this process against its cap."""
     try:
         tpc = _threadpoolctl()
-        info = tpc.threadpool_info()
+        info = tpc.threadpool_info() + other_pools()
     except Exception as error:
         print(f"tcap: cannot inspect the thread pools: {error}")
         return

@@ -68,7 +68,7 @@ def supervise(
 
     env = launch.child_environ(recipe, environ)
     found = launch.find_command(argv[0], env)  # 127/126 before anything starts
-    launch.pin(recipe, environ)  # on tcap itself (and booked for it): the child inherits it
+    launch.pin(recipe, environ, env)  # on tcap itself (and booked for it): the child inherits it
     sampling = report or bool(report_json)
     report_dir = tempfile.mkdtemp(prefix="tcap-report-")  # mode 0700, a new directory
     try:
