@@ -137,6 +137,24 @@ class Isolated:
         return stderr.rstrip("\n")
 
 
+def in_one_worker(method: str, body: str) -> str:
+    """A program that runs ``body`` (statements) in a one-worker
+    multiprocessing Pool of start ``method``, keeps the worker alive through
+    the probe's first checks, and prints the worker's pid."""
+    indented = "".join(f"    {line}\n" for line in body.strip().splitlines())
+    return f"""
+import multiprocessing, os, time
+
+def work(_):
+{indented}    time.sleep(0.9)
+    return os.getpid()
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("{method}").Pool(1) as pool:
+        print(pool.map(work, [0])[0])
+"""
+
+
 @pytest.fixture
 def iso(tmp_path: Path) -> Isolated:
     """A fresh isolated tcap environment for one test."""

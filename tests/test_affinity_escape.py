@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, Isolated
+from conftest import PYTHON, Isolated, in_one_worker
 
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs 2 CPUs to pin to fewer")
@@ -57,19 +57,7 @@ def test_enforce_pins_every_thread_back(iso: Isolated):
 
 
 def test_a_spawn_worker_that_re_pins_itself_is_named(iso: Isolated):
-    code = f"""
-import multiprocessing, os, time
-
-def work(_):
-    import numpy
-    os.sched_setaffinity(0, {set(CPUS)!r})
-    time.sleep(0.9)
-    return os.getpid()
-
-if __name__ == "__main__":
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        print(pool.map(work, [0])[0])
-"""
+    code = in_one_worker("spawn", f"import numpy\nos.sched_setaffinity(0, {set(CPUS)!r})")
     result = run(iso, code)
     assert result.returncode == 0, result.stderr
     assert [int(p) for p in WARNING.findall(result.stderr)] == [int(result.stdout.strip())]

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, Isolated
+from conftest import PYTHON, Isolated, in_one_worker
 
 #: (library to import, what the program does to break a cap of 1, the probe's pool name)
 RAISES = {
@@ -84,19 +84,8 @@ def test_enforce_says_when_a_pool_cannot_shrink(iso: Isolated, library: str):
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_numexpr_raised_in_a_worker_is_warned_about_with_its_pid(iso: Isolated, method: str):
     pytest.importorskip("numexpr")
-    code = f"""
-import multiprocessing, os, time
-
-def work(_):
-    os.environ['NUMEXPR_NUM_THREADS'] = os.environ['NUMEXPR_MAX_THREADS'] = '2'
-    import numexpr
-    time.sleep(0.9)
-    return os.getpid()
-
-if __name__ == "__main__":
-    with multiprocessing.get_context("{method}").Pool(1) as pool:
-        print(pool.map(work, [0])[0])
-"""
+    code = in_one_worker(method, "os.environ['NUMEXPR_NUM_THREADS'] = os.environ['NUMEXPR_MAX_THREADS'] = '2'\n"
+                                 "import numexpr")
     result = run(iso, code)
     assert result.returncode == 0, result.stderr
     pids = [int(pid) for pid in warning("numexpr").findall(result.stderr)]

@@ -30,12 +30,18 @@ FORMAT = 3
 FILENAME = f"plans-{__version__}-{FORMAT}.marshal"
 
 
+def cache_dir(environ: Mapping[str, str]) -> str:
+    """tcap's directory in the user's cache: ``$XDG_CACHE_HOME/tcap``
+    (default ``~/.cache/tcap``)."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tcap")
+
+
 def cache_file(environ: Mapping[str, str]) -> str | None:
     """Where the cache lives, or None when it is disabled (TCAP_NO_CACHE=1)."""
     if environ.get("TCAP_NO_CACHE", "") not in ("", "0"):
         return None
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tcap", FILENAME)
+    return os.path.join(cache_dir(environ), FILENAME)
 
 
 def signature(path: str) -> tuple[int, int, int] | None:

@@ -230,7 +230,9 @@ def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: 
         if plan.pin is not None and not taskset:
             # Unpinned, the libraries tcap leaves alone would count every CPU:
             # give them what they would take on the planned CPUs.
-            recipe["env"] = [*recipe["env"], *([c.name, c.value] for c in plan.left_alone if c.value is not None)]
+            from tcap.plan import on_planned_cpus
+
+            recipe["env"] = [*recipe["env"], *([c.name, c.value] for c in on_planned_cpus(plan))]
         blocks.append(static_alias(alias, recipe, shell, taskset, header))
     return "\n".join(blocks) + ("\n" if blocks else "")
 

@@ -13,13 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcap import _inspect
+from tcap.cache import cache_dir
+from tcap.errors import TcapError
+from tcap.launch import find_command
 from tcap.plan import Limit
 
 
 def store_dir(environ: Mapping[str, str]) -> str:
     """``$XDG_CACHE_HOME/tcap/libraries`` (default ``~/.cache/tcap/libraries``)."""
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tcap", "libraries")
+    return os.path.join(cache_dir(environ), "libraries")
 
 
 def store_file(environ: Mapping[str, str], interpreter: str) -> str:
@@ -64,13 +66,11 @@ def _is_python(path: str) -> bool:
 
 
 def _which(command: str, environ: Mapping[str, str]) -> str | None:
-    if "/" in command:
-        return os.path.abspath(command) if os.access(command, os.X_OK) else None
-    for directory in environ.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory or ".", command)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return os.path.abspath(candidate)
-    return None
+    """Where exec would find ``command`` (tcap.launch's own PATH search), or None."""
+    try:
+        return os.path.abspath(find_command(command, environ))
+    except TcapError:
+        return None
 
 
 def recorded(environ: Mapping[str, str], interpreter: str) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ DEFAULT_VERIFY = "warn"
 #: Cap keys whose threads may all call into an OpenBLAS at once: its own
 #: pool, and OpenMP (a KMeans fit's OpenMP threads each call BLAS).
 BLAS_CALLERS = ("openblas", "openmp")
-BLAS_CALLER_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")
+BLAS_CALLER_VARIABLES = tuple(v.name for v in VARIABLES if v.library in BLAS_CALLERS)
 
 
 class Limit(NamedTuple):
@@ -539,6 +539,13 @@ def _cpu_set(
                 picked.append(cpu)
         chosen = tuple(picked)
     return (None if chosen == current else chosen), chosen
+
+
+def on_planned_cpus(plan: Plan) -> list[EnvChange]:
+    """The variables tcap leaves alone, set to what each library takes on the
+    plan's CPUs: for a launch that cannot pin (a shell, an alias without
+    taskset), where the libraries would otherwise count every CPU."""
+    return [change for change in plan.left_alone if change.value is not None]
 
 
 def inherited_overrides(plan: Plan, environ: Mapping[str, str]) -> list[tuple[str, str, str | None]]:

@@ -230,6 +230,21 @@ def _may_be_over():
     return native >= min(caps.values())
 
 
+def _load(name, path, register=False):
+    """The module at ``path`` under the private ``name``, leaving the
+    program's imports alone (``register``: in sys.modules while it runs)."""
+    # importlib's frozen halves: importlib.util costs ~0.4 ms more.
+    from _frozen_importlib import module_from_spec
+    from _frozen_importlib_external import spec_from_file_location
+
+    spec = spec_from_file_location(name, path)
+    module = module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _threadpoolctl():
     module = _state.get("tpc")
     if module is not None:
@@ -239,16 +254,9 @@ def _threadpoolctl():
     path = _state.get("tpc_path")
     if path:
         try:
-            # importlib's frozen halves: importlib.util costs ~0.4 ms more.
-            from _frozen_importlib import module_from_spec
-            from _frozen_importlib_external import spec_from_file_location
-
-            spec = spec_from_file_location("_tcap_threadpoolctl", path)
-            module = module_from_spec(spec)
             # Registered under its private name while it runs: its dataclasses
             # look their module up in sys.modules.
-            sys.modules["_tcap_threadpoolctl"] = module
-            spec.loader.exec_module(module)
+            module = _load("_tcap_threadpoolctl", path, register=True)
         except Exception:
             sys.modules.pop("_tcap_threadpoolctl", None)
             _debug("loading tcap's threadpoolctl")
@@ -370,13 +378,7 @@ def _record_libraries(info, caps):
     if not directory or not info or not sys.executable:  # an embedded interpreter has no executable to key on
         return
     try:
-        from _frozen_importlib import module_from_spec
-        from _frozen_importlib_external import spec_from_file_location
-
-        path = os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_inspect.py")
-        spec = spec_from_file_location("_tcap_inspect", path)
-        module = module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _load("_tcap_inspect", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_inspect.py"))
         new = module.unknown(directory, sys.executable, info)
         if not new:
             return

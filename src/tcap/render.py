@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from tcap.cpuset import format_cpu_list
-from tcap.plan import Plan, inherited_overrides
+from tcap.plan import Plan, inherited_overrides, on_planned_cpus
 from tcap.profiles import Listing
 from tcap.variables import VARIABLES
 
@@ -95,7 +95,7 @@ def env_script(plan: Plan, shell: str) -> str:
     if plan.pin is not None or plan.place is not None:
         # Left alone, a library counts the CPUs it may run on; a shell cannot
         # pin, so say outright what it would take on the planned CPUs.
-        changes += [c for c in plan.left_alone if c.value is not None]
+        changes += on_planned_cpus(plan)
     elif plan.left_alone:
         names = " ".join(change.name for change in plan.left_alone)
         lines.append(f"# left to the libraries (their own choice is within the caps): {names}")
