@@ -82,27 +82,36 @@ def test_enforce_says_when_a_pool_cannot_shrink(iso: Isolated, library: str):
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
-def test_numexpr_raised_in_a_worker_is_warned_about_with_its_pid(iso: Isolated, method: str):
-    pytest.importorskip("numexpr")
-    code = in_one_worker(method, "os.environ['NUMEXPR_NUM_THREADS'] = os.environ['NUMEXPR_MAX_THREADS'] = '2'\n"
-                                 "import numexpr")
-    result = run(iso, code)
-    assert result.returncode == 0, result.stderr
-    pids = [int(pid) for pid in warning("numexpr").findall(result.stderr)]
-    assert pids == [int(result.stdout.strip())], result.stderr
+@pytest.mark.parametrize("library", sorted(RAISES))
+def test_a_pool_raised_in_a_worker_is_a_violation_of_that_worker(iso: Isolated, library: str, method: str):
+    """Warned with the worker's pid; strict fails the run; the report names the worker."""
+    pytest.importorskip(library)
+    code, pool = RAISES[library]
+    (iso.work / "prog.py").write_text(in_one_worker(method, code))
+    report = iso.work / "report.json"
+    result = iso.run("run", "--threads", "1", "--verify", "strict", "--report-json", str(report), "--",
+                     PYTHON, "prog.py", timeout=180)
+    assert result.returncode == 86, result.stderr
+    worker = int(result.stdout.strip())
+    assert [int(pid) for pid in warning(pool).findall(result.stderr)] == [worker], result.stderr
+    data = json.loads(report.read_text())
+    assert [v["pid"] for v in data["violations"]] == [worker], data["violations"]
+    assert re.fullmatch(pool, data["violations"][0]["name"])
 
 
-def test_report_and_strict_show_the_pool(iso: Isolated):
-    pytest.importorskip("numexpr")
-    (iso.work / "prog.py").write_text(RAISES["numexpr"][0] + STAY)
+@pytest.mark.parametrize("library", sorted(RAISES))
+def test_report_and_strict_show_the_pool(iso: Isolated, library: str):
+    pytest.importorskip(library)
+    code, pool = RAISES[library]
+    (iso.work / "prog.py").write_text(code + STAY)
     report = iso.work / "report.json"
     result = iso.run("run", "--threads", "1", "--verify", "strict", "--report-json", str(report), "--",
                      PYTHON, "prog.py", timeout=180)
     assert result.returncode == 86, result.stderr
     data = json.loads(report.read_text())
     pools = [pool for process in data["processes"] for pool in process["pools"]]
-    assert any(pool["name"] == "numexpr" and pool["threads"] == 2 and pool["cap"] == 1 for pool in pools), pools
-    assert any(v["name"] == "numexpr" for v in data["violations"])
+    assert any(re.fullmatch(pool, p["name"]) and p["threads"] == 2 and p["cap"] == 1 for p in pools), pools
+    assert [v["name"] for v in data["violations"]] and all(re.fullmatch(pool, v["name"]) for v in data["violations"])
 
 
 def test_a_library_the_program_did_not_import_is_never_imported(iso: Isolated):

@@ -117,11 +117,59 @@ def current(fact):
     return st.st_size == fact.get("size") and st.st_mtime_ns == fact.get("mtime_ns")
 
 
+def known(directory, executable):
+    """filepath -> fact recorded for the interpreter and still current."""
+    data = read(store_file(directory, executable)) or {}
+    facts = {f.get("filepath"): f for f in data.get("libraries", []) if isinstance(f, dict)}
+    return {path: fact for path, fact in facts.items() if current(fact)}
+
+
 def unknown(directory, executable, pools):
     """Pools whose library file has no current fact recorded yet."""
-    data = read(store_file(directory, executable)) or {}
-    known = {f.get("filepath"): f for f in data.get("libraries", []) if isinstance(f, dict)}
-    return [p for p in pools if p.get("filepath") and not (p["filepath"] in known and current(known[p["filepath"]]))]
+    facts = known(directory, executable)
+    return [p for p in pools if p.get("filepath") and p["filepath"] not in facts]
+
+
+def hazards(pools, facts, caps, python_threads):
+    """What the native libraries loaded in one process risk together, as
+    dicts: key (stable, to say it once), kind ("hazard": warned; "note":
+    shown in a report only) and what.  ``pools``: threadpoolctl's dicts;
+    ``facts``: filepath -> fact; ``caps``: the plan's caps."""
+    found = []
+    openmp = [p for p in pools if p.get("user_api") == "openmp"]
+    for pool in pools:
+        fact = facts.get(pool.get("filepath")) or {}
+        limit = fact.get("max_threads")
+        if pool.get("internal_api") != "openblas" or not isinstance(limit, int) or isinstance(limit, bool):
+            continue
+        name = what(fact)
+        omp = max([caps.get("openmp", 0)] + [p.get("num_threads") or 0 for p in openmp])
+        if omp > limit:
+            source = f"the openmp cap is {caps['openmp']}" if caps.get("openmp", 0) == omp else \
+                f"the OpenMP runtime runs {omp} threads"
+            found.append({"key": f"limit:{pool['filepath']}:openmp", "kind": "hazard", "what": (
+                f"{name} is built for at most {limit} threads, but {source}: more OpenMP threads calling it at "
+                f"once crash it (\"precompiled NUM_THREADS exceeded\"); lower the openmp cap to {limit} "
+                f"(tcap run --openmp {limit})")})
+        if python_threads > limit:
+            found.append({"key": f"limit:{pool['filepath']}:threads", "kind": "hazard", "what": (
+                f"{name} is built for at most {limit} threads, but this process runs {python_threads} threads "
+                f"that may call it at once: keep at most {limit} of them in BLAS calls (a smaller thread pool)")})
+    runtimes = sorted({str(p.get("prefix")) for p in openmp})
+    if len(runtimes) > 1:
+        found.append({"key": "openmp:" + ",".join(runtimes), "kind": "hazard", "what": (
+            f"several OpenMP runtimes in one process ({', '.join(runtimes)}): each starts its own team, and mixing "
+            "them is known to oversubscribe or crash; install the packages from one source")})
+    for label, group in (("OpenBLAS", [p for p in pools if p.get("internal_api") == "openblas"]),
+                         ("OpenMP runtime", openmp)):
+        by_path = {p["filepath"]: p for p in group if p.get("filepath")}
+        if len(by_path) > 1:
+            paths = sorted(by_path)
+            names = ", ".join(what({**by_path[path], "owner": owner(path)}) for path in paths)
+            found.append({"key": f"copies:{label}", "kind": "note", "what": (
+                f"{len(paths)} copies of {label} loaded ({names}): each has a pool of its own, sized by the "
+                "same caps")})
+    return found
 
 
 def record(directory, executable, facts):

@@ -26,19 +26,29 @@ NUMERIC = frozenset(
 )
 # Pools threadpoolctl does not see, read through each library's own public
 # API, and only once the program has imported it (a check never imports a
-# library): (module, pool name, cap key, read(module) -> threads, limit(module,
-# n) or None when the pool cannot shrink, what enforce can do).
+# library): (module, pool name, cap key or None when tcap caps it with no
+# variable, read(module) -> threads, limit(module, n) or None when the pool
+# cannot shrink, what enforce can do, and 1 when the calling thread is one of
+# the pool's threads, 0 when the pool runs all of them besides it).
 POOLS = (
     ("numexpr", "numexpr", "numexpr", lambda m: m.get_num_threads(), lambda m, n: m.set_num_threads(n),
-     "set_num_threads() lowers it"),
+     "set_num_threads() lowers it", 0),
     ("numba", "numba", "numba", lambda m: m.config.NUMBA_NUM_THREADS, None,
-     "the pool is sized once, from NUMBA_NUM_THREADS at import: warn only"),
+     "the pool is sized once, from NUMBA_NUM_THREADS at import: warn only", 0),
     ("polars", "polars", "polars", lambda m: m.thread_pool_size(), None,
-     "the pool is sized once, from POLARS_MAX_THREADS at import: warn only"),
+     "the pool is sized once, from POLARS_MAX_THREADS at import: warn only", 0),
     ("numcodecs.blosc", "blosc (numcodecs)", "blosc", lambda m: _blosc(m.get_nthreads()), lambda m, n: _blosc_limit(m, n),  # noqa: E501
-     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it"),
+     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it", 0),
     ("blosc", "blosc", "blosc", lambda m: _blosc(m.nthreads), lambda m, n: _blosc_limit(m, n),
-     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it"),
+     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it", 0),
+    ("torch", "torch (intra-op)", "openmp", lambda m: m.get_num_threads(), lambda m, n: m.set_num_threads(n),
+     "torch.set_num_threads() lowers it", 1),
+    ("torch", "torch (inter-op)", None, lambda m: m.get_num_interop_threads(), None,
+     "no variable sizes it, so it is shown, not judged; it is fixed once it has started", 0),
+    ("tensorflow", "tensorflow (intra-op)", "tensorflow", lambda m: _tf(m, "intra", "TF_NUM_INTRAOP_THREADS"), None,
+     "fixed once TensorFlow has started: warn only", 0),
+    ("tensorflow", "tensorflow (inter-op)", "tensorflow", lambda m: _tf(m, "inter", "TF_NUM_INTEROP_THREADS"), None,
+     "fixed once TensorFlow has started: warn only", 0),
 )
 
 
@@ -53,6 +63,18 @@ def _blosc(configured):
     is set, whatever the library was configured with at import."""
     value = os.environ.get("BLOSC_NTHREADS", "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else configured
+
+
+def _tf(module, which, variable):
+    """TensorFlow's setting; 0 means its variable if set, else one thread
+    per CPU it may run on."""
+    value = getattr(module.config.threading, f"get_{which}_op_parallelism_threads")()
+    if value:
+        return value
+    text = os.environ.get(variable, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
+
+
 # Seconds after the first numeric import (or after a fork) of each timer
 # check; afterwards every LAST seconds.
 SCHEDULE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -143,6 +165,7 @@ def _reset_process():
         peaks={},
         violations=[],
         enforced=[],
+        hazards={},
         checks=0,
         peak_os_threads=0,
         timer=None,
@@ -363,41 +386,73 @@ def _check(reason):
             except Exception:
                 _debug("enforce")
     _state["checks"] += 1
-    if not _state.get("recorded"):
-        _state["recorded"] = True
-        _record_libraries([pool for pool in info if "_module" not in pool], caps)
+    try:
+        _libraries([pool for pool in info if "_module" not in pool and pool.get("internal_api") != "affinity"], caps)
+    except Exception:
+        _debug("reading library facts")
+    _count_threads(info)
     _write_record(reason, info, tpc)
     return over
 
 
-def _record_libraries(info, caps):
-    """Once per process: record the build facts of native libraries tcap has
-    not seen yet (its next plans for this interpreter respect their limits),
-    and warn when a cap is already past an OpenBLAS build limit."""
+def _libraries(pools, caps):
+    """The build facts of each native library, recorded for this interpreter
+    the first time tcap meets the library (its next plans respect their
+    limits), and the hazards the libraries make together: each warned once
+    per process (a "note" only goes to the report)."""
+    if not pools:
+        return
+    module = _state.get("inspect")
+    if module is None:
+        module = _state["inspect"] = _load(
+            "_tcap_inspect", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_inspect.py"))
+    facts = _state.setdefault("facts", {})
+    new = [pool for pool in pools if pool.get("filepath") and pool["filepath"] not in facts]
     directory = os.environ.get("TCAP_LIBRARIES")
-    if not directory or not info or not sys.executable:  # an embedded interpreter has no executable to key on
-        return
-    try:
-        module = _load("_tcap_inspect", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_inspect.py"))
-        new = module.unknown(directory, sys.executable, info)
-        if not new:
-            return
-        facts = module.describe(new)
-        module.record(directory, sys.executable, facts)
-    except Exception:
-        _debug("recording library facts")
-        return
+    keyed = bool(directory and sys.executable)  # an embedded interpreter has no executable to key on
+    if new:
+        store = module.known(directory, sys.executable) if keyed else {}
+        fresh = module.describe([pool for pool in new if pool["filepath"] not in store])
+        for pool in new:
+            facts[pool["filepath"]] = store.get(pool["filepath"]) or {}
+        for fact in fresh:
+            facts[fact["filepath"]] = fact
+        if fresh and keyed:
+            module.record(directory, sys.executable, fresh)
+            _state.setdefault("fresh", set()).update(fact["filepath"] for fact in fresh)
+    python_threads = _thread._count() + 1 - (_state.get("timer") is not None)  # not the probe's own
     profile = _state.get("profile")
-    for fact in facts:
-        limit = fact.get("max_threads")
-        for key in ("openmp", "openblas"):
-            if limit and caps.get(key, 0) > limit:
-                sys.stderr.write(
-                    f"tcap: warning: pid {os.getpid()} ({describe_process()}): {module.what(fact)} is built for "
-                    f"at most {limit} threads, but the {key} cap is {caps[key]}: more threads calling it at once "
-                    f"crash it; tcap's next launches of {sys.executable} cap {key} at {limit}"
-                    + (f" [profile {profile}]" if profile else "") + "\n"
-                )
+    for hazard in module.hazards(pools, facts, caps, python_threads):
+        if hazard["key"] in _state["hazards"]:
+            continue
+        _state["hazards"][hazard["key"]] = hazard
+        if hazard["kind"] != "hazard":
+            continue
+        text = hazard["what"]
+        path = hazard["key"].split(":")[1] if hazard["key"].startswith("limit:") else None
+        if path in _state.get("fresh", ()) and hazard["key"].endswith(":openmp"):
+            text += f"; tcap's next launches of {sys.executable} cap openmp at {facts[path]['max_threads']}"
+        sys.stderr.write(f"tcap: warning: pid {os.getpid()} ({describe_process()}): {text}"
+                         + (f" [profile {profile}]" if profile else "") + "\n")
+        sys.stderr.flush()
+
+
+def _count_threads(info):
+    """Native threads no known pool and no Python thread accounts for
+    (information for the report): each pool runs at most its size, less the
+    calling thread where that is one of them.  A thread that is starting or
+    ending is briefly counted by the OS and not by Python, so only what two
+    checks in a row see counts."""
+    before = _thread._count()
+    threads = os_threads()
+    if threads is None:
+        return
+    pooled = sum(max((pool.get("num_threads") or 0) - pool.get("_spare", 1), 0)
+                 for pool in info if pool.get("internal_api") != "affinity")
+    unexplained = max(threads - 1 - max(before, _thread._count()) - pooled, 0)
+    stable = min(unexplained, _state.get("unexplained", 0))
+    _state["unexplained"] = unexplained
+    _state["peak_unexplained"] = max(_state.get("peak_unexplained", 0), stable)
 
 
 def describe_process():
@@ -468,10 +523,10 @@ def other_pools():
     """The POOLS of the libraries the program has imported, as threadpoolctl
     style dicts; a library whose API fails is "could not check", not listed."""
     found = []
-    for module_name, name, key, read, limit, _ in POOLS:
+    for module_name, name, key, read, limit, _, spare in POOLS:
         module = sys.modules.get(module_name)
-        if module is None:
-            continue
+        if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+            continue  # not imported, or still importing (on another thread)
         try:
             threads = read(module)
             if isinstance(threads, bool) or not isinstance(threads, int):
@@ -481,7 +536,7 @@ def other_pools():
             continue
         found.append({"internal_api": name, "user_api": key, "num_threads": threads, "prefix": module_name,
                       "filepath": getattr(module, "__file__", None), "version": getattr(module, "__version__", None),
-                      "_limit": limit, "_module": module})
+                      "_limit": limit, "_module": module, "_spare": spare})
     return found
 
 
@@ -553,6 +608,10 @@ def _write_record(reason, info, tpc):
         "inspected": tpc is not None,
         "os_threads": threads,
         "peak_os_threads": _state.get("peak_os_threads"),
+        "python_threads": _thread._count() + 1,
+        "unexplained_threads": _state.get("unexplained"),
+        "peak_unexplained_threads": _state.get("peak_unexplained"),
+        "hazards": [{k: h[k] for k in ("kind", "what")} for h in _state.get("hazards", {}).values()],
         "pools": pools,
         "violations": _state.get("violations", []),
         "enforced": _state.get("enforced", []),

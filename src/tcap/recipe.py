@@ -147,6 +147,7 @@ def recipe_of(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[str,
         "place": place,
         "verify": plan.verify,
         "bootstrap": bootstrap,
+        "cpus": plan.cpus,  # the launch budget of a supervised run
     }
 
 

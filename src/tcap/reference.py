@@ -54,16 +54,38 @@ def own_text(v: Variable) -> str:
 
 
 def pool_table() -> str:
-    """The pools the probe reads through the libraries' own APIs, as Markdown."""
+    """The pools the probe reads through the libraries' own APIs, as Markdown;
+    "tested in CI" when the library is one of the test dependencies."""
     from tcap.probe import POOLS
 
+    tested = test_dependencies()
     rows = [
-        "| pool | checked once the program imported | cap key | enforce |",
-        "|---|---|---|---|",
+        "| pool | checked once the program imported | cap key | enforce | tested in CI |",
+        "|---|---|---|---|---|",
     ]
-    for module, name, key, _read, limit, note in POOLS:
-        rows.append(f"| {name} | `{module}` | `{key}` | {'yes: ' if limit else 'no: '}{note} |")
+    for module, name, key, _read, limit, note, _spare in POOLS:
+        distribution = module.partition(".")[0]
+        ci = "yes" if distribution in tested else "no: too large for CI; tested where installed, skipped otherwise"
+        cap = f"`{key}`" if key else "none (no variable sizes it)"
+        rows.append(f"| {name} | `{module}` | {cap} | {'yes: ' if limit else 'no: '}{note} | {ci} |")
     return "\n".join(rows)
+
+
+def test_dependencies() -> set[str]:
+    """The distributions in pyproject.toml's ``test`` extra (empty outside a checkout)."""
+    import os
+    import re
+
+    import tomllib
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "pyproject.toml")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError:
+        return set()
+    found = data.get("project", {}).get("optional-dependencies", {}).get("test", [])
+    return {re.split(r"[<>=!~ \[;]", item, maxsplit=1)[0].lower() for item in found}
 
 
 def update(text: str) -> str:

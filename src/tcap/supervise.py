@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from tcap.errors import EXIT_INTERNAL, EXIT_VIOLATION
 
@@ -48,6 +49,13 @@ SI_KERNEL = 0x80
 INTERVAL = 0.5
 #: Width of the command column.
 COMMAND_WIDTH = 40
+#: A process counts toward the launch budget at a sample when it used at
+#: least this share of one CPU since the previous sample.
+BUSY = 0.2
+#: The launch is over its budget when the pool threads of its busy processes
+#: stay above its CPUs for longer than this many seconds (a pool starting up,
+#: or a parent collecting results while its workers finish, takes less).
+BUDGET_GRACE = 2.0
 
 
 def needed(recipe: Mapping[str, Any], options: Mapping[str, Any]) -> bool:
@@ -69,24 +77,24 @@ def supervise(
     env = launch.child_environ(recipe, environ)
     found = launch.find_command(argv[0], env)  # 127/126 before anything starts
     launch.pin(recipe, environ, env)  # on tcap itself (and booked for it): the child inherits it
-    sampling = report or bool(report_json)
+    cpus = recipe.get("cpus") or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
     report_dir = tempfile.mkdtemp(prefix="tcap-report-")  # mode 0700, a new directory
     try:
         env["TCAP_REPORT_DIR"] = report_dir
-        code, sampler = _run_child(found, argv, env, sampling)
+        code, sampler = _run_child(found, argv, env, Sampler(0, report_dir, cpus))
         records = read_records(report_dir)
     finally:
         import shutil
 
         shutil.rmtree(report_dir, ignore_errors=True)  # never follows symlinks
-    processes = merge(records, sampler.processes if sampler else {}, first=sampler.root if sampler else None)
-    summary = summarize(processes, sampler.peak_total if sampler else None, code)
-    violated = bool(summary["violations"])
+    processes = merge(records, sampler.processes, first=sampler.root)
+    summary = summarize(processes, sampler.peak_total, code, sampler.budget.result())
+    violated = bool(summary["violations"]) or summary["budget"]["violated"]
     strict = recipe.get("verify") == "strict"
     result = EXIT_VIOLATION if strict and violated and code == 0 else code
     summary["exit_code"] = result
     if report:
-        sys.stderr.write(table(processes))
+        sys.stderr.write(table(processes) + findings(summary))
     if report or (strict and violated):
         suffix = f"; exit {EXIT_VIOLATION} (verify strict)" if result == EXIT_VIOLATION else ""
         sys.stderr.write(f"tcap: verdict: {summary['verdict']}{suffix}\n")
@@ -103,8 +111,8 @@ def supervise(
     return result
 
 
-def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampling: bool) -> tuple[int, Sampler | None]:
-    """Start the child with forwarded signals; wait; (exit code, sampler)."""
+def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
+    """Start the child with forwarded signals, sampling its tree; wait; (exit code, sampler)."""
     from tcap import launch
 
     mask = {*FORWARDED, signal.SIGCHLD}
@@ -118,10 +126,9 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampling: b
             child = subprocess.Popen(list(argv), executable=found, env=env, close_fds=False, preexec_fn=unblock)
         except OSError as failure:
             raise launch.exec_error(argv[0], failure) from None
-        sampler = Sampler(child.pid) if sampling else None
+        sampler.root = child.pid
         while True:
-            if sampler is not None:
-                sampler.sample()
+            sampler.sample()
             code = child.poll()
             if code is not None:
                 break
@@ -141,9 +148,37 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampling: b
     return (128 - code if code < 0 else code), sampler
 
 
+class Budget:
+    """The launch's budget across its tree: at each sample, the pool threads
+    of its busy processes against its CPUs."""
+
+    def __init__(self, cpus: int | None) -> None:
+        self.cpus = cpus
+        self.peak = 0
+        self.peak_processes = 0
+        self.longest = 0.0
+        self.over_since: float | None = None
+
+    def add(self, when: float, threads: int, processes: int) -> None:
+        if threads > self.peak:
+            self.peak, self.peak_processes = threads, processes
+        if self.cpus and threads > self.cpus:
+            if self.over_since is None:
+                self.over_since = when
+            self.longest = max(self.longest, when - self.over_since)
+        else:
+            self.over_since = None
+
+    def result(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "peak_pool_threads": self.peak, "processes_at_peak": self.peak_processes,
+                "longest_over_seconds": round(self.longest, 2), "grace_seconds": BUDGET_GRACE,
+                "violated": self.longest > BUDGET_GRACE}
+
+
 class Sampler:
     """The child's process tree, sampled from /proc: per pid the command
-    line, peak OS threads and CPU time; and the peak of the tree's total.
+    line, peak OS threads and CPU time; the peak of the tree's total; and
+    the launch budget (see ``budget_threads``).
 
     One read of ``/proc/PID/stat`` per process on the machine gives the
     parent, thread count and CPU time at once (the command line is read once
@@ -152,8 +187,14 @@ class Sampler:
     (docs/benchmarks.md); tcap only runs on Linux anyway.
     """
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, report_dir: str | None = None, cpus: int | None = None) -> None:
         self.root = root
+        self.report_dir = report_dir
+        self.budget = Budget(cpus)
+        #: pid -> (CPU seconds, monotonic time) at the previous sample.
+        self.previous: dict[int, tuple[float, float]] = {}
+        #: pid -> (record mtime, its largest pool) read from the report directory.
+        self.pool_sizes: dict[int, tuple[int, int]] = {}
         self.processes: dict[int, dict[str, Any]] = {}
         self.peak_total = 0
         self.tick = os.sysconf("SC_CLK_TCK")
@@ -182,12 +223,19 @@ class Sampler:
         total = 0
         todo = [self.root]
         self.last = []
+        now = time.monotonic()
+        demand = busy = 0
+        previous, self.previous = self.previous, {}
         while todo:
             pid = todo.pop()
             self.last.append(pid)
             todo.extend(children.get(pid, ()))
             _, threads, cpu, comm = stats[pid]
             total += threads
+            self.previous[pid] = (cpu, now)
+            if pid in previous and cpu - previous[pid][0] >= BUSY * (now - previous[pid][1]) > 0:
+                busy += 1
+                demand += self.budget_threads(pid)
             seen = self.processes.get(pid)
             if seen is None:
                 self.processes[pid] = {"argv": _cmdline(pid), "peak_os_threads": threads, "cpu_seconds": round(cpu, 2)}
@@ -199,6 +247,29 @@ class Sampler:
                 seen["peak_os_threads"] = max(seen["peak_os_threads"], threads)
                 seen["cpu_seconds"] = max(seen["cpu_seconds"], round(cpu, 2))
         self.peak_total = max(self.peak_total, total)
+        self.budget.add(now, demand, busy)
+
+    def budget_threads(self, pid: int) -> int:
+        """What a busy process can run at once: its largest pool at its probe's
+        last check (the pools of one process mostly take turns), else 1."""
+        if self.report_dir is None:
+            return 1
+        path = os.path.join(self.report_dir, f"{pid}.json")
+        try:
+            mtime = os.stat(path, follow_symlinks=False).st_mtime_ns
+        except OSError:
+            return 1
+        cached = self.pool_sizes.get(pid)
+        if cached is None or cached[0] != mtime:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd) as f:
+                    pools = json.load(f).get("pools") or []
+                largest = max([p.get("num_threads") or 0 for p in pools if p.get("internal_api") != "affinity"] + [1])
+            except (OSError, ValueError, AttributeError, TypeError):
+                largest = 1
+            cached = self.pool_sizes[pid] = (mtime, largest)
+        return cached[1]
 
 
 def _stat(pid: int) -> tuple[int, int, int, int, bytes] | None:
@@ -297,14 +368,19 @@ def merge(
                 "violations": violations,
                 "enforced": list((record or {}).get("enforced") or []),
                 "peak_os_threads": max(peaks) if peaks else None,
+                "unexplained_threads": (record or {}).get("peak_unexplained_threads"),
+                "hazards": [h for h in (record or {}).get("hazards") or [] if isinstance(h, dict)],
                 "cpu_seconds": (seen or {}).get("cpu_seconds"),
             }
         )
     return processes
 
 
-def summarize(processes: Sequence[Mapping[str, Any]], peak_total: int | None, child_code: int) -> dict[str, Any]:
-    """Totals, the list of violations and the one-line verdict."""
+def summarize(
+    processes: Sequence[Mapping[str, Any]], peak_total: int | None, child_code: int,
+    budget: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Totals, the violations, the hazards, the launch budget and the one-line verdict."""
     verified = sum(1 for p in processes if p["status"] != "unverified")
     unverified = len(processes) - verified
     violations: list[dict[str, Any]] = []
@@ -315,6 +391,13 @@ def summarize(processes: Sequence[Mapping[str, Any]], peak_total: int | None, ch
             if name not in worst or (violation["threads"] or 0) > (worst[name]["threads"] or 0):
                 worst[name] = {"pid": process["pid"], **violation}
         violations += worst.values()
+    hazards: dict[str, dict[str, Any]] = {}  # the same finding in many processes is listed once
+    for process in processes:
+        for hazard in process.get("hazards", ()):
+            entry = hazards.setdefault(str(hazard.get("what")), {"kind": hazard.get("kind"), "what": hazard.get("what"),
+                                                                 "pids": []})
+            entry["pids"].append(process["pid"])
+    budget = dict(budget or Budget(None).result())
     noun = "process" if len(processes) == 1 else "processes"
     counts = f"{len(processes)} {noun}, {verified} verified, {unverified} unverified"
     if violations:
@@ -326,9 +409,16 @@ def summarize(processes: Sequence[Mapping[str, Any]], peak_total: int | None, ch
         verdict = f"nothing verified ({counts}: no probe record)"
     else:
         verdict = f"all pools within caps ({counts})"
+    if budget["violated"]:
+        verdict += f"; over the launch budget ({budget_text(budget)})"
+    warned = sum(1 for h in hazards.values() if h["kind"] == "hazard")
+    if warned:
+        verdict += f"; {warned} hazard{'s' if warned != 1 else ''}"
     return {
         "verdict": verdict,
         "violations": violations,
+        "budget": budget,
+        "hazards": list(hazards.values()),
         "totals": {
             "processes": len(processes),
             "verified": verified,
@@ -340,9 +430,34 @@ def summarize(processes: Sequence[Mapping[str, Any]], peak_total: int | None, ch
     }
 
 
+def budget_text(budget: Mapping[str, Any]) -> str:
+    """"peak 4 pool threads on 2 CPUs across 2 busy processes, above them for 5.5 s"."""
+    noun = "process" if budget["processes_at_peak"] == 1 else "processes"
+    text = (f"peak {budget['peak_pool_threads']} pool threads on {budget['cpus']} CPUs across "
+            f"{budget['processes_at_peak']} busy {noun}")
+    if budget["longest_over_seconds"]:
+        text += f", above them for {budget['longest_over_seconds']:g} s"
+    return text
+
+
+def findings(summary: Mapping[str, Any]) -> str:
+    """The lines after the table: the launch budget, hazards and notes."""
+    budget = summary["budget"]
+    lines = []
+    if budget["cpus"]:
+        state = "VIOLATION" if budget["violated"] else "ok"
+        lines.append(f"launch budget: {budget_text(budget)} ({state}; the rule: above the CPUs for longer than "
+                     f"{budget['grace_seconds']:g} s)")
+    for hazard in summary["hazards"]:
+        pids = ", ".join(str(pid) for pid in hazard["pids"][:4]) + (", ..." if len(hazard["pids"]) > 4 else "")
+        lines.append(f"{hazard['kind']}: {hazard['what']} (pid {pids})")
+    return "".join(f"tcap: {line}\n" for line in lines)
+
+
 def table(processes: Sequence[Mapping[str, Any]]) -> str:
-    """The per-process table for stderr."""
-    rows = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "CPU s", "STATUS")]
+    """The per-process table for stderr; OTHER: the native threads no known
+    pool and no Python thread accounts for."""
+    rows = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "OTHER", "CPU s", "STATUS")]
     for process in processes:
         command = process["command"]
         if len(command) > COMMAND_WIDTH:
@@ -361,6 +476,7 @@ def table(processes: Sequence[Mapping[str, Any]]) -> str:
                 command,
                 pools or "-",
                 "?" if threads is None else str(threads),
+                "-" if process.get("unexplained_threads") is None else str(process["unexplained_threads"]),
                 "?" if cpu is None else f"{cpu:.2f}",
                 process["status"],
             )
