@@ -27,23 +27,43 @@ interleaved, and quoted as medians with their range.
 """
 
 
+#: Every section of docs/benchmarks.md, in order. A kernel start and kill
+#: take ~0.7 s: 40 rounds (+3 warm-up) of 3 cases is about 90 s.
+SECTIONS = {
+    "launcher": lambda args: launcher.run(args.rounds),
+    "probe": lambda args: probe.run(2 * args.rounds),
+    "alias": lambda args: alias.run(2 * args.rounds),
+    "sampler": lambda args: sampler.run(20),
+    "kernel": lambda args: kernel.run(max(10, args.rounds * 2 // 3)),
+    "workloads": lambda args: workloads.run(args.workload_rounds),
+    "profiles": lambda args: profiles.run(args.workload_rounds + 2),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--workload-rounds", type=int, default=5)
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append",
+                        help="run only these sections and replace them in the existing output file")
     args = parser.parse_args()
-    # A kernel start and kill take ~0.7 s: 40 rounds (+3 warm-up) of 3 cases is about 90 s.
-    sections = [
-        launcher.run(args.rounds),
-        probe.run(2 * args.rounds),
-        alias.run(2 * args.rounds),
-        sampler.run(20),
-        kernel.run(max(10, args.rounds * 2 // 3)),
-        workloads.run(args.workload_rounds),
-        profiles.run(args.workload_rounds + 2),
-    ]
     today = datetime.date.today().isoformat()
+    if args.only:
+        text = args.output.read_text()
+        for name in args.only:
+            section = SECTIONS[name](args)
+            heading = section.splitlines()[0]
+            section = section.replace("\n", f"\n\nRe-measured alone on {today} (`benchmarks/run.py --only {name}`).\n", 1)
+            head, found, rest = text.partition(heading + "\n")
+            if not found:
+                raise SystemExit(f"{args.output}: no section {heading!r} to replace")
+            _, next_heading, tail = rest.partition("\n## ")
+            text = head + section + ("\n## " + tail if next_heading else "")
+        args.output.write_text(text)
+        print(text)
+        return 0
+    sections = [SECTIONS[name](args) for name in SECTIONS]
     text = INTRO + f"\nMachine: {machine_description()}. Run on {today}.\n\n" + "\n".join(sections)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
