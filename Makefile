@@ -5,14 +5,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test shells check lint types bench clean
+.PHONY: demo test shells engines check lint types bench clean
 
 ## demo: KMeans in a spawn process pool, without and with tcap
 demo: $(STAMP)
 	@$(BIN)/python examples/demo.py
 
 ## test: the whole suite (real numpy/scipy/scikit-learn, real subprocesses)
-test: $(STAMP) shells
+test: $(STAMP) shells engines
 	$(BIN)/python -m pytest
 
 # zsh and fish for the shell-quoting tests, where apt can install them (as
@@ -22,6 +22,17 @@ shells:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish) >/dev/null 2>&1 \
 	      || echo "note: could not install zsh/fish; their tests will skip"; \
+	  fi; \
+	fi
+
+# A real single-node Slurm cluster (slurmctld, slurmd, munge) and Open MPI for
+# the cluster tests, where apt can install them (as root); the tests start and
+# stop the daemons themselves, and skip where the packages are missing.
+engines:
+	@if ! command -v mpirun >/dev/null || ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge openmpi-bin) \
+	      >/dev/null 2>&1 || echo "note: could not install Slurm/Open MPI; their tests will skip"; \
 	  fi; \
 	fi
 

@@ -14,6 +14,7 @@ import kernel  # noqa: E402
 import launcher  # noqa: E402
 import probe  # noqa: E402
 import profiles  # noqa: E402
+import ranks  # noqa: E402
 import sampler  # noqa: E402
 import workloads  # noqa: E402
 from common import machine_description  # noqa: E402
@@ -37,6 +38,7 @@ SECTIONS = {
     "kernel": lambda args: kernel.run(max(10, args.rounds * 2 // 3)),
     "workloads": lambda args: workloads.run(args.workload_rounds),
     "profiles": lambda args: profiles.run(args.workload_rounds + 2),
+    "ranks": lambda args: ranks.run(args.workload_rounds + 2),
 }
 
 
@@ -54,10 +56,12 @@ def main() -> int:
         for name in args.only:
             section = SECTIONS[name](args)
             heading = section.splitlines()[0]
-            section = section.replace("\n", f"\n\nRe-measured alone on {today} (`benchmarks/run.py --only {name}`).\n", 1)
+            alone = f"Re-measured alone on {today} (`benchmarks/run.py --only {name}`)."
+            section = section.replace("\n", f"\n\n{alone}\n", 1)
             head, found, rest = text.partition(heading + "\n")
-            if not found:
-                raise SystemExit(f"{args.output}: no section {heading!r} to replace")
+            if not found:  # a new section: at the end
+                text = text.rstrip("\n") + "\n\n" + section
+                continue
             _, next_heading, tail = rest.partition("\n## ")
             text = head + section + ("\n## " + tail if next_heading else "")
         args.output.write_text(text)

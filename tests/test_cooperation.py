@@ -97,3 +97,24 @@ def test_dask_workers_get_the_same_threads_with_and_without_tcap(iso: Isolated):
     # The nanny's one BLAS thread per worker (measured [2], [2] under the old default).
     assert len(under) == 2 and all(pools and set(pools) == {1} for pools in under)
     assert "tcap: warning" not in stderr
+
+
+@needs_two
+def test_dask_local_cluster_under_report_lists_every_worker_with_its_pools(iso: Isolated):
+    """Every worker process Dask's nanny spawns is probed: its pools (one
+    BLAS thread each, the nanny's own setting) are within the caps, and the
+    verdict says so."""
+    pytest.importorskip("distributed")
+    (iso.work / "prog.py").write_text(DASK_WORKERS)
+    out = iso.work / "report.json"
+    result = iso.run("run", "--report-json", str(out), "--", PYTHON, "prog.py", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[1], [1]]
+    data = json.loads(out.read_text())
+    workers = [p for p in data["processes"] if any(pool["name"] == "openblas" for pool in p["pools"])
+               and p["pid"] != data["processes"][0]["pid"]]
+    assert len(workers) == 2, [(p["command"], p["pools"]) for p in data["processes"]]
+    assert all(pool["threads"] == 1 and pool["cap"] == 2 for p in workers for pool in p["pools"]
+               if pool["name"] == "openblas")
+    assert data["verdict"].startswith("all pools within caps"), data["verdict"]
+    assert not data["budget"]["violated"]

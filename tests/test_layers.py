@@ -16,7 +16,7 @@ ABOVE = {
     "tcap.commands": {"tcap.cli"},
 }
 #: The pure core imports nothing that reads or launches.
-CORE = {"tcap.plan", "tcap.variables", "tcap.profiles", "tcap.expr", "tcap.cpuset", "tcap.policy"}
+CORE = {"tcap.plan", "tcap.variables", "tcap.profiles", "tcap.expr", "tcap.cpuset", "tcap.policy", "tcap.ranks"}
 SIDE_EFFECTS = {"tcap.launch", "tcap.supervise", "tcap.placement", "tcap.kernel", "tcap.sweep", "tcap.doctor",
                 "tcap.recipe", "tcap.commands", "tcap.cli", "tcap.libraries"}
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MAX_ENTRIES = 64
 #: Bump when the recipe's shape changes, so older caches are never read.
-FORMAT = 3
+FORMAT = 4
 FILENAME = f"plans-{__version__}-{FORMAT}.marshal"
 
 

@@ -28,6 +28,7 @@ usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
        tcap alias    [-p P ...] [--shell bash|zsh|fish] [--static]
        tcap shell-init [bash|zsh|fish] [-p P ...] [--static]
        tcap bookings [--json]
+       tcap report   [--json FILE] REPORT.json...
        tcap sweep    [-p BASE] [--threads LIST] [--blas LIST] [--openmp LIST]
                      [--workers LIST] [--repeat N] [--save NAME] [--plot FILE]
                      [--json] -- COMMAND [ARG...]
@@ -49,7 +50,9 @@ plan options:
   --workers N        processes the program runs in parallel: pools get
                      cpus / N threads each, joblib's n_jobs=-1 means N
   --cpus SPEC        all | a CPU list like 0-3,8 | first:N | physical |
-                     auto:N (N CPUs no other tcap launch holds)
+                     auto:N (N CPUs no other tcap launch holds) | rank (this
+                     rank's own block of the CPUs the local ranks of Slurm,
+                     MPI or torchrun share)
   --set VAR=VALUE    also set VAR (repeatable)
   --verify MODE      off | warn | strict | enforce
 N may be an expression over cpus and physical, e.g. 'cpus/2' or 'max(1,cpus-2)'.
@@ -58,7 +61,8 @@ run options:
   --dry-run          print the plan and the command; run nothing
   --report           run the command as a child, then print every process's
                      pools (threads/cap), peak OS threads and a verdict
-  --report-json FILE the same report as JSON into FILE
+  --report-json FILE the same report as JSON into FILE; {rank}, {host} and
+                     {pid} in FILE are filled in (one file per rank of a job)
   --plan FILE        run a frozen plan (tcap kernel install --freeze) instead
                      of resolving a profile
   --kernel           the command is an IPython kernel: with verification on,
@@ -90,6 +94,10 @@ alias and shell-init (see docs/shared-servers.md):
                      in front of the command (stale when the profile changes)
   eval "$(tcap shell-init bash)" in ~/.bashrc defines the aliases and
   completion; bookings lists the CPUs held by cpus = "auto:N" launches.
+
+report: merges the --report-json files of several launches (the ranks of a
+job, on one node or many): a table per node, the launch budget per node,
+one verdict; exits 0 when every cap and budget held, 1 otherwise.
 
 sweep: runs COMMAND under every combination of the lists (e.g. --threads
 1,2,4 --workers 1,2), --repeat times each (default 3, interleaved), and

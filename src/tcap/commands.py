@@ -49,6 +49,8 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
             plan, depends = build_plan(options, environ, machine, command)
             recipe = recipe_of(plan, environ)
             cache.store(cache_file, key, depends, recipe)
+    for note in recipe.get("notes") or ():
+        sys.stderr.write(f"tcap: note: {note}\n")
     if options.get("kernel"):
         recipe = kernel_recipe(recipe)
         if recipe.get("bootstrap"):
@@ -283,6 +285,25 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
     for item in sorted(found, key=lambda item: item["pid"]):
         sys.stdout.write(f"{item['pid']:<8} {item['user']:<12} {format_cpu_list(item['cpus'])}\n")
     return 0
+
+
+def report(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
+    """``tcap report FILE...``: merge the reports of several launches."""
+    from tcap import supervise
+
+    if not rest:
+        raise TcapError("tcap report: missing the report files (written by tcap run --report-json)")
+    if len(rest) > supervise.MAX_REPORTS:
+        raise TcapError(f"tcap report: {len(rest)} files, more than the {supervise.MAX_REPORTS} it merges")
+    text, data = supervise.merge_reports([(path, supervise.read_report(path)) for path in rest])
+    sys.stderr.write(text)
+    if options.get("json"):
+        try:
+            with open(options["json"], "w") as f:
+                f.write(json_dumps(data))
+        except OSError as failure:
+            raise TcapError(f"cannot write --json: {failure.strerror}", path=options["json"]) from None
+    return 1 if data["violations"] or data["over_budget"] else 0
 
 
 def sweep(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:

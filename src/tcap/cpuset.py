@@ -57,18 +57,19 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
 
 
 #: The forms a profile's ``cpus`` may take, for messages.
-CPU_SPEC_FORMS = '"all", a CPU list like "0-3,8", "first:N", "auto:N" or "physical"'
+CPU_SPEC_FORMS = '"all", a CPU list like "0-3,8", "first:N", "auto:N", "physical" or "rank"'
 
 
 def parse_cpu_spec(text: str) -> tuple[str, frozenset[int] | int | None]:
     """Parse a ``cpus`` value into (kind, argument).
 
     ``("all", None)``, ``("list", cpus)``, ``("first", n)``, ``("auto", n)``
-    (n CPUs booked at launch, see tcap.placement) or ``("physical", None)``;
+    (n CPUs booked at launch, see tcap.placement), ``("physical", None)`` or
+    ``("rank", None)`` (this rank's block of the CPUs the local ranks share);
     ``ValueError`` otherwise.
     """
     spec = text.strip()
-    if spec in ("all", "physical"):
+    if spec in ("all", "physical", "rank"):
         return spec, None
     for kind in ("first", "auto"):
         if spec.startswith(kind + ":"):

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
     "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
     "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), "args"),
     "bookings": ({}, ("--json",), False),
+    "report": ({"--json": "json"}, (), "args"),
     "sweep": (
         {"-p": "profile", "--profile": "profile", "--threads": "threads", "--blas": "blas", "--openmp": "openmp",
          "--workers": "workers", "--repeat": "repeat", "--save": "save", "--plot": "plot"},

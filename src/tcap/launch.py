@@ -53,6 +53,8 @@ def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str
         "TCAP_CAPS": caps,
         "TCAP_LIBRARIES": store_dir(environ),
     }
+    if plan.rank_label:  # the probe names the rank in its warnings
+        extra["TCAP_RANK"] = plan.rank_label
     if plan.pin is not None:  # the probe verifies the affinity against it
         extra["TCAP_CPUS"] = ",".join(str(cpu) for cpu in plan.pin)
     if spec is not None and spec.origin:

@@ -17,6 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from tcap.ranks import Ranks
+
 
 class Machine:
     """What the launcher knows about the CPUs it runs on.
@@ -28,7 +30,8 @@ class Machine:
     allowed CPU to its physical core (package, core id) when sysfs says.
     """
 
-    __slots__ = ("allowed", "quota", "quota_source", "slurm", "slurm_source", "cores", "online")
+    __slots__ = ("allowed", "quota", "quota_source", "slurm", "slurm_source", "cores", "online", "ranks",
+                 "launcher_cpus")
 
     def __init__(
         self,
@@ -39,6 +42,8 @@ class Machine:
         slurm_source: str | None = None,
         cores: Mapping[int, tuple[int, int]] | None = None,
         online: int | None = None,
+        ranks: Ranks | None = None,
+        launcher_cpus: frozenset[int] | None = None,
     ) -> None:
         self.allowed = allowed
         self.quota = quota
@@ -49,6 +54,10 @@ class Machine:
         #: ``os.cpu_count()``: the count where there is no affinity mask, and
         #: what libraries that ignore the mask start.
         self.online = online
+        #: The ranks of a launcher (Slurm, MPI, torchrun) this process is one of.
+        self.ranks = ranks
+        #: The CPUs of the process that started the ranks: what they share.
+        self.launcher_cpus = launcher_cpus
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -64,7 +73,9 @@ class Machine:
         """A hashable, marshal-able summary (the plan cache keys on it)."""
         cores = None if self.cores is None else tuple(sorted(self.cores.items()))
         allowed = None if self.allowed is None else tuple(sorted(self.allowed))
-        return (allowed, self.quota, self.slurm, cores, self.online)
+        ranks = None if self.ranks is None else self.ranks.key()
+        launcher = None if self.launcher_cpus is None else tuple(sorted(self.launcher_cpus))
+        return (allowed, self.quota, self.slurm, cores, self.online, ranks, launcher)
 
 
 def read_machine(
@@ -83,7 +94,18 @@ def read_machine(
     quota, quota_source = read_cgroup_quota(root)
     slurm, slurm_source = read_slurm(environ)
     cores = read_cores(allowed, root) if topology and allowed is not None else None
-    return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, read_online(root))
+    ranks = launcher_cpus = None
+    if any(name in environ for name in ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                        "LOCAL_RANK")):
+        from tcap.ranks import read_ranks
+
+        ranks = read_ranks(environ, os.uname().nodename)
+    if ranks is not None and root == "/" and hasattr(os, "sched_getaffinity"):
+        try:
+            launcher_cpus = frozenset(os.sched_getaffinity(os.getppid()))
+        except OSError:
+            pass
+    return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, read_online(root), ranks, launcher_cpus)
 
 
 def read_online(root: str = "/") -> int | None:

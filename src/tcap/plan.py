@@ -140,13 +140,19 @@ class Plan:
     #: The site policy's on_full and wait_timeout, for the booking.
     on_full: str = "share"
     wait_timeout: float = 600.0
+    #: "rank 1 of 2 on this node, from Open MPI" and how its CPUs are shared.
+    ranks: str | None = None
+    #: "rank 3/16 on node07": how the probe names this rank in its warnings.
+    rank_label: str | None = None
+    #: Said on stderr at every launch: what tcap could not trust about the ranks.
+    launch_notes: tuple[str, ...] = ()
 
     def to_data(self) -> dict[str, Any]:
         """Plain data (JSON and marshal friendly)."""
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["env"] = [[c.name, c.value, c.why] for c in self.env]
         data["left_alone"] = [[c.name, c.value, c.why] for c in self.left_alone]
-        for key in ("pin", "cpu_set", "notes"):
+        for key in ("pin", "cpu_set", "notes", "launch_notes"):
             data[key] = None if data[key] is None else list(data[key])
         return data
 
@@ -155,8 +161,8 @@ class Plan:
         fields = dict(data)
         fields["env"] = tuple(EnvChange(*item) for item in data["env"])
         fields["left_alone"] = tuple(EnvChange(*item) for item in data.get("left_alone", ()))
-        for key in ("pin", "cpu_set", "notes"):
-            fields[key] = None if data[key] is None else tuple(data[key])
+        for key in ("pin", "cpu_set", "notes", "launch_notes"):
+            fields[key] = None if data.get(key) is None else tuple(data[key])
         return cls(**fields)
 
 
@@ -219,6 +225,10 @@ def resolve(
         )
     else:
         count, count_why = usable(machine, None if cpu_set is None else frozenset(cpu_set))
+    ranks_text = None
+    if machine.ranks is not None and place is None:
+        pin, cpu_set, count, count_why, ranks_text = _rank_share(
+            machine, cpu_setting, pin, cpu_set, count, count_why, notes)
     physical = None
     if machine.cores is not None and cpu_set is not None and place is None:
         physical = len({machine.cores[c] for c in cpu_set if c in machine.cores})
@@ -387,7 +397,53 @@ def resolve(
         place=place,
         on_full=policy.on_full if policy is not None else "share",
         wait_timeout=policy.wait_timeout if policy is not None else 600.0,
+        ranks=ranks_text,
+        rank_label=None if machine.ranks is None else machine.ranks.label(),
+        launch_notes=() if machine.ranks is None else machine.ranks.notes,
     )
+
+
+def _rank_share(
+    machine: Machine, setting: Setting | None, pin: tuple[int, ...] | None, cpu_set: tuple[int, ...] | None,
+    count: int, count_why: str, notes: list[str],
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None, int, str, str]:
+    """A rank that shares its CPUs with other local ranks plans for its share
+    of them; ``cpus = "rank"`` pins it to its own block. Returns (pin, CPU
+    set, count, why, what tcap says about the ranks)."""
+    from tcap.ranks import block, share
+
+    ranks = machine.ranks
+    assert ranks is not None
+    notes.extend(ranks.notes)
+    pinned_rank = setting is not None and parse_cpu_spec(str(setting.value))[0] == "rank"
+    if cpu_set is None:  # no affinity mask: divide the count
+        sharers, index, how = ranks.local_size, ranks.local_rank, "no affinity mask to tell the ranks apart"
+        cut = max(1, count // sharers)
+        return pin, cpu_set, min(count, cut), f"{count_why}; {sharers} ranks share them ({how}): {cut} each", \
+            f"{ranks.text()}; {how}"
+    own = frozenset(cpu_set) if pin is None else frozenset(machine.allowed or cpu_set)
+    sharers, index, how = share(ranks, own, machine.launcher_cpus or machine.online or len(own))
+    text = f"{ranks.text()}; {how}"
+    if sharers == 1 and not pinned_rank:
+        return pin, cpu_set, count, count_why, text
+    if pinned_rank:
+        if sharers == 1:
+            return pin, cpu_set, count, f"{count_why}; cpus = rank: the launcher already gave this rank its own " \
+                f"CPUs, kept as they are", text
+        mine = block(cpu_set, sharers, index, machine.cores)
+        available, available_why = usable(machine, frozenset(mine))
+        sizes = sorted({len(block(cpu_set, sharers, i, machine.cores)) for i in range(sharers)})
+        uneven = f" (blocks of {'-'.join(map(str, sizes))}: {len(cpu_set)} do not divide by {sharers})" \
+            if len(sizes) > 1 else ""
+        return mine, mine, min(available, len(mine)), f"cpus = rank: block {index + 1} of {sharers} of " \
+            f"{_cpus_text(cpu_set)}, shared by {sharers} local ranks{uneven} ({available_why})", text
+    mine = block(cpu_set, sharers, index, machine.cores)
+    sizes = sorted({len(block(cpu_set, sharers, i, machine.cores)) for i in range(sharers)})
+    uneven = f"; {len(cpu_set)} do not divide by {sharers}: shares of {'-'.join(map(str, sizes))}" \
+        if len(sizes) > 1 else ""
+    share_count = min(count, len(mine))
+    return pin, cpu_set, share_count, f"{count_why}; shared by {sharers} local ranks: this rank's share is " \
+        f"{share_count}{uneven}", text
 
 
 def _policy_cpus(
@@ -505,6 +561,16 @@ def _cpu_set(
     kind, argument = parse_cpu_spec(str(setting.value))
     if kind == "all":
         return None, current
+    if kind == "rank":
+        if machine.ranks is None:
+            from tcap.ranks import VARIABLES
+
+            origin = setting.origin
+            raise TcapError(
+                f"cpus: rank: this process is not one of several ranks of a launcher on this node (tcap looked "
+                f"for {', '.join(VARIABLES)})", path=_path(origin), line=origin.line,
+            )
+        return None, current  # the block is cut once the sharing is known (_rank_share)
 
     def fail(message: str) -> TcapError:
         origin = setting.origin

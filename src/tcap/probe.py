@@ -432,7 +432,7 @@ def _libraries(pools, caps):
         path = hazard["key"].split(":")[1] if hazard["key"].startswith("limit:") else None
         if path in _state.get("fresh", ()) and hazard["key"].endswith(":openmp"):
             text += f"; tcap's next launches of {sys.executable} cap openmp at {facts[path]['max_threads']}"
-        sys.stderr.write(f"tcap: warning: pid {os.getpid()} ({describe_process()}): {text}"
+        sys.stderr.write(f"tcap: warning: {_who()}: {text}"
                          + (f" [profile {profile}]" if profile else "") + "\n")
         sys.stderr.flush()
 
@@ -455,6 +455,12 @@ def _count_threads(info):
     _state["peak_unexplained"] = max(_state.get("peak_unexplained", 0), stable)
 
 
+def _who():
+    """"pid 4242 (python fit.py)", and the rank of a launcher when there is one."""
+    rank = os.environ.get("TCAP_RANK")
+    return f"pid {os.getpid()} ({describe_process()})" + (f" [{rank}]" if rank else "")
+
+
 def describe_process():
     argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
     if argv:
@@ -468,13 +474,13 @@ def _warn(pool, cap):
     suffix = f" [profile {profile}]" if profile else ""
     if pool.get("internal_api") == "affinity":
         sys.stderr.write(
-            f"tcap: warning: pid {os.getpid()} ({describe_process()}): CPU affinity widened to "
+            f"tcap: warning: {_who()}: CPU affinity widened to "
             f"{_cpu_text(pool['_cpus'])}, outside the plan's CPUs {_cpu_text(_state['cpus'])}{suffix}\n"
         )
         sys.stderr.flush()
         return
     sys.stderr.write(
-        f"tcap: warning: pid {os.getpid()} ({describe_process()}): {pool.get('internal_api')} "
+        f"tcap: warning: {_who()}: {pool.get('internal_api')} "
         f"({pool.get('user_api')}) has {pool.get('num_threads') or 0} threads, cap {cap}{suffix}\n"
     )
     sys.stderr.flush()
@@ -552,7 +558,7 @@ def _limit(tpc, pool, cap):
         _state["enforced"].append({"internal_api": "affinity", "filepath": None, "from": _cpu_text(pool["_cpus"]),
                                    "to": _cpu_text(planned), "at": time.time()})
         _state["seen"].pop((None, "affinity"), None)
-        sys.stderr.write(f"tcap: enforced: pid {os.getpid()} ({describe_process()}): CPU affinity pinned back "
+        sys.stderr.write(f"tcap: enforced: {_who()}: CPU affinity pinned back "
                          f"to {_cpu_text(planned)}\n")
         sys.stderr.flush()
         return
@@ -561,7 +567,7 @@ def _limit(tpc, pool, cap):
             if not _state.setdefault("cannot", set()) >= {pool.get("internal_api")}:
                 _state["cannot"].add(pool.get("internal_api"))
                 sys.stderr.write(
-                    f"tcap: note: pid {os.getpid()} ({describe_process()}): enforce cannot shrink the "
+                    f"tcap: note: {_who()}: enforce cannot shrink the "
                     f"{pool.get('internal_api')} pool (sized once, at import); it stays at {before}\n"
                 )
             return
@@ -574,7 +580,7 @@ def _limit(tpc, pool, cap):
     )
     _state["seen"].pop((pool.get("filepath"), pool.get("internal_api")), None)
     sys.stderr.write(
-        f"tcap: enforced: pid {os.getpid()} ({describe_process()}): {pool.get('internal_api')} "
+        f"tcap: enforced: {_who()}: {pool.get('internal_api')} "
         f"({pool.get('user_api')}) brought back from {before} to {cap} threads\n"
     )
     sys.stderr.flush()

@@ -148,6 +148,8 @@ def recipe_of(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[str,
         "verify": plan.verify,
         "bootstrap": bootstrap,
         "cpus": plan.cpus,  # the launch budget of a supervised run
+        "rank": plan.rank_label,
+        "notes": list(plan.launch_notes),
     }
 
 

@@ -18,6 +18,8 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
     lines = [f"profile   {plan.profile}  ({plan.profile_path})"]
     if plan.description:
         lines.append(f"          {plan.description}")
+    if plan.ranks:
+        lines.append(f"ranks     {plan.ranks}")
     lines.append(f"cpus      {plan.cpus}  ({plan.cpus_why})")
     if plan.cpu_set is not None:
         if plan.place is not None:

@@ -93,6 +93,7 @@ def supervise(
     strict = recipe.get("verify") == "strict"
     result = EXIT_VIOLATION if strict and violated and code == 0 else code
     summary["exit_code"] = result
+    summary["launch"] = launch_facts(recipe, environ, cpus, sampler.budget.samples)
     if report:
         sys.stderr.write(table(processes) + findings(summary))
     if report or (strict and violated):
@@ -100,6 +101,7 @@ def supervise(
         sys.stderr.write(f"tcap: verdict: {summary['verdict']}{suffix}\n")
     sys.stderr.flush()
     if report_json:
+        report_json = expand(report_json, environ)
         try:
             with open(report_json, "w") as f:
                 json.dump({"processes": processes, **summary}, f, indent=2)
@@ -109,6 +111,47 @@ def supervise(
             if result == 0:
                 result = EXIT_INTERNAL
     return result
+
+
+def launch_facts(
+    recipe: Mapping[str, Any], environ: Mapping[str, str], cpus: int | None, samples: list[list[float]],
+) -> dict[str, Any]:
+    """Where this launch ran, for ``tcap report`` to merge launches: host,
+    rank, the CPUs of the node the ranks share, the budget samples."""
+    from tcap.ranks import read_ranks
+
+    host = os.uname().nodename
+    ranks = read_ranks(environ, host)
+    node_cpus = cpus
+    if ranks is not None and hasattr(os, "sched_getaffinity"):
+        try:  # what the launcher's ranks share: its own affinity
+            node_cpus = len(os.sched_getaffinity(os.getppid()) | os.sched_getaffinity(0))
+        except OSError:
+            pass
+    return {
+        "host": host,
+        "rank": recipe.get("rank") or (ranks.label() if ranks is not None else None),
+        "launcher": None if ranks is None else ranks.launcher,
+        "local_rank": None if ranks is None else ranks.local_rank,
+        "local_size": None if ranks is None else ranks.local_size,
+        "cpus": cpus,
+        "node_cpus": node_cpus,
+        "budget_samples": samples,
+    }
+
+
+def expand(path: str, environ: Mapping[str, str]) -> str:
+    """``--report-json`` with {rank}, {host} and {pid} filled in, so every
+    rank of a job writes its own file on a shared filesystem ({rank} is the
+    launcher's global rank, else its local rank, else 0)."""
+    if "{" not in path:
+        return path
+    from tcap.ranks import read_ranks
+
+    ranks = read_ranks(environ)
+    rank = 0 if ranks is None else ranks.rank if ranks.rank is not None else ranks.local_rank
+    host = os.uname().nodename.split(".")[0]
+    return path.replace("{rank}", str(rank)).replace("{host}", host).replace("{pid}", str(os.getpid()))
 
 
 def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
@@ -152,14 +195,29 @@ class Budget:
     """The launch's budget across its tree: at each sample, the pool threads
     of its busy processes against its CPUs."""
 
+    #: Samples kept for a merge of several launches (tcap report); beyond
+    #: this, every other one is dropped (the resolution halves).
+    KEPT = 4096
+
     def __init__(self, cpus: int | None) -> None:
         self.cpus = cpus
         self.peak = 0
         self.peak_processes = 0
         self.longest = 0.0
         self.over_since: float | None = None
+        #: [wall time, pool threads, busy processes] at each sample.
+        self.samples: list[list[float]] = []
+        self.step = 1
+        self.count = 0
 
-    def add(self, when: float, threads: int, processes: int) -> None:
+    def add(self, when: float, threads: int, processes: int, wall: float | None = None) -> None:
+        if wall is not None:
+            self.count += 1
+            if self.count % self.step == 0:
+                self.samples.append([round(wall, 3), threads, processes])
+                if len(self.samples) > self.KEPT:
+                    self.samples = self.samples[::2]
+                    self.step *= 2
         if threads > self.peak:
             self.peak, self.peak_processes = threads, processes
         if self.cpus and threads > self.cpus:
@@ -173,6 +231,26 @@ class Budget:
         return {"cpus": self.cpus, "peak_pool_threads": self.peak, "processes_at_peak": self.peak_processes,
                 "longest_over_seconds": round(self.longest, 2), "grace_seconds": BUDGET_GRACE,
                 "violated": self.longest > BUDGET_GRACE}
+
+    @classmethod
+    def merged(cls, cpus: int | None, series: Sequence[Sequence[Sequence[float]]]) -> Budget:
+        """The budget of several launches on one node from their samples: at
+        each sample time, each launch counts with its latest sample (while it
+        runs)."""
+        budget = cls(cpus)
+        times = sorted({float(sample[0]) for samples in series for sample in samples})
+        positions = [0] * len(series)
+        for when in times:
+            threads = processes = 0
+            for index, samples in enumerate(series):
+                if not samples or not samples[0][0] <= when <= samples[-1][0]:
+                    continue
+                while positions[index] + 1 < len(samples) and samples[positions[index] + 1][0] <= when:
+                    positions[index] += 1
+                threads += int(samples[positions[index]][1])
+                processes += int(samples[positions[index]][2])
+            budget.add(when, threads, processes)
+        return budget
 
 
 class Sampler:
@@ -247,7 +325,7 @@ class Sampler:
                 seen["peak_os_threads"] = max(seen["peak_os_threads"], threads)
                 seen["cpu_seconds"] = max(seen["cpu_seconds"], round(cpu, 2))
         self.peak_total = max(self.peak_total, total)
-        self.budget.add(now, demand, busy)
+        self.budget.add(now, demand, busy, time.time())
 
     def budget_threads(self, pid: int) -> int:
         """What a busy process can run at once: its largest pool at its probe's
@@ -457,9 +535,10 @@ def findings(summary: Mapping[str, Any]) -> str:
 def table(processes: Sequence[Mapping[str, Any]]) -> str:
     """The per-process table for stderr; OTHER: the native threads no known
     pool and no Python thread accounts for."""
-    rows = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "OTHER", "CPU s", "STATUS")]
+    ranked = any(process.get("rank") for process in processes)
+    rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "OTHER", "CPU s", "STATUS")]
     for process in processes:
-        command = process["command"]
+        command = " ".join(str(process["command"]).split())  # one line, whatever the argv holds
         if len(command) > COMMAND_WIDTH:
             command = command[: COMMAND_WIDTH - 3] + "..."
         pools = ", ".join(
@@ -481,6 +560,81 @@ def table(processes: Sequence[Mapping[str, Any]]) -> str:
                 process["status"],
             )
         )
+    if ranked:
+        rows = [(("RANK",) if index == 0 else (str(processes[index - 1].get("rank") or "-"),)) + row
+                for index, row in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
     return "".join(f"tcap: {line.rstrip()}\n" for line in lines)
+
+
+#: ``tcap report`` reads at most this many files, each at most this large.
+MAX_REPORTS = 4096
+MAX_REPORT_BYTES = 64 << 20
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """One ``--report-json`` file; a TcapError names the file otherwise."""
+    from tcap.errors import TcapError
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_REPORT_BYTES + 1)
+    except OSError as failure:
+        raise TcapError(f"cannot read report: {failure.strerror}", path=path) from None
+    if len(raw) > MAX_REPORT_BYTES:
+        raise TcapError(f"report larger than {MAX_REPORT_BYTES >> 20} MiB", path=path)
+    try:
+        data = json.loads(raw)
+    except ValueError as failure:
+        raise TcapError(f"not a tcap report (JSON: {failure})", path=path) from None
+    if not isinstance(data, dict) or not isinstance(data.get("processes"), list) or "verdict" not in data:
+        raise TcapError("not a tcap report (written by tcap run --report-json)", path=path)
+    return data
+
+
+def merge_reports(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """Several launches' reports (the ranks of a job, on one node or many):
+    one table per node, the launch budget per node, one verdict."""
+    nodes: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for path, data in reports:
+        launch = data.get("launch") or {}
+        nodes.setdefault(str(launch.get("host") or "unknown host"), []).append((path, data))
+    lines: list[str] = []
+    everything: list[dict[str, Any]] = []
+    out_nodes = []
+    budgets = []
+    for host in sorted(nodes):
+        launches = sorted(nodes[host], key=lambda item: (str((item[1].get("launch") or {}).get("rank") or ""),
+                                                         item[0]))
+        processes = []
+        for path, data in launches:
+            rank = (data.get("launch") or {}).get("rank") or path
+            for process in data["processes"]:
+                if isinstance(process, dict):
+                    processes.append({**process, "rank": rank})
+        cpus = [int(c) for c in ((d.get("launch") or {}).get("node_cpus") for _, d in launches) if isinstance(c, int)]
+        series = [list((d.get("launch") or {}).get("budget_samples") or []) for _, d in launches]
+        budget = Budget.merged(max(cpus) if cpus else None, series).result()
+        budgets.append((host, budget))
+        noun = "launch" if len(launches) == 1 else "launches"
+        lines.append(f"tcap: node {host}: {len(launches)} {noun}, {len(processes)} processes\n")
+        lines.append(table(processes))
+        if budget["cpus"]:
+            state = "VIOLATION" if budget["violated"] else "ok"
+            lines.append(f"tcap: launch budget of {host}: {budget_text(budget)} ({state})\n")
+        everything += processes
+        out_nodes.append({"host": host, "reports": [path for path, _ in launches], "processes": processes,
+                          "budget": budget})
+    summary = summarize(everything, None, 0)
+    over = [host for host, budget in budgets if budget["violated"]]
+    verdict = summary["verdict"]
+    if over:
+        verdict += f"; over the launch budget on {', '.join(over)}"
+    plural = "s" if len(nodes) != 1 else ""
+    verdict = f"{len(reports)} reports from {len(nodes)} node{plural}: {verdict}"
+    lines.append(findings({**summary, "budget": {"cpus": None}}))
+    lines.append(f"tcap: verdict: {verdict}\n")
+    data = {"nodes": out_nodes, "verdict": verdict, "violations": summary["violations"],
+            "hazards": summary["hazards"], "over_budget": over, "totals": summary["totals"]}
+    return "".join(lines), data
