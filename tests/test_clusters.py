@@ -185,3 +185,12 @@ def test_sbatch_script_returns_the_jobs_exit_code_and_reports_merge(cluster: Slu
     assert re.search(r"^tcap: verdict: 2 reports from 1 node: all pools within caps \(2 processes", merged.stderr,
                      re.M), merged.stderr
     assert all(json.loads(Path(f).read_text())["launch"]["launcher"] == "Slurm" for f in files)
+
+
+def test_mpirun_through_a_shell_still_sees_the_launchers_cpus(iso: Isolated):
+    """A shell between mpirun and tcap inherits the rank's binding; tcap looks
+    past it to the launcher (orted/prted) for what the ranks share."""
+    out = mpirun(iso, "-n", "2", "sh", "-c", f"{TCAP} show")
+    assert out.returncode == 0, out.stderr
+    assert len(re.findall(r"this rank has 1 CPU of its own \(2 ranks x 1 <= the node's 2\)", out.stdout)) == 2, \
+        out.stdout

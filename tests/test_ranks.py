@@ -212,3 +212,17 @@ def test_torchrun_workers_started_through_tcap_each_get_a_share(iso: Isolated):
     if cpus >= 2:
         halves = [sorted(os.sched_getaffinity(0))[: cpus // 2], sorted(os.sched_getaffinity(0))[cpus // 2:]]
         assert seen == [str(halves[0]), str(halves[1])], seen
+
+
+def test_garbage_rank_variables_are_a_note_at_every_launch(iso: Isolated):
+    env = dict(iso.env, OMPI_COMM_WORLD_LOCAL_RANK="x", OMPI_COMM_WORLD_LOCAL_SIZE="2")
+    for _ in range(2):  # the second launch comes from the plan cache: the note too
+        out = iso.run("run", "--", PYTHON, "-c", "print('ran')", env=env)
+        assert out.returncode == 0 and out.stdout == "ran\n", out.stderr
+        notes = [line for line in out.stderr.splitlines() if line.startswith("tcap: note:")]
+        assert notes == [
+            "tcap: note: Open MPI: OMPI_COMM_WORLD_LOCAL_RANK='x', OMPI_COMM_WORLD_LOCAL_SIZE='2' is not a rank "
+            "and a count",
+            "tcap: note: the rank variables are not usable: tcap plans as if this process were alone; set --cpus "
+            "or --threads for each rank",
+        ], out.stderr

@@ -318,3 +318,44 @@ def test_plain_run_still_execs(sv: Isolated) -> None:
 def test_report_flag_takes_no_value(sv: Isolated) -> None:
     result = sv.run("run", "--report=yes", "--", "true")
     assert "--report takes no value" in sv.error_line(result, 2)
+
+
+def test_report_merges_launches_of_several_nodes(sv: Isolated) -> None:
+    """Two real launches' reports; the second one's host rewritten to stand
+    for another node (a machine this test does not have, as data)."""
+    for name in ("a", "b"):
+        out = sv.run("run", "--report-json", f"{name}.json", "--", PYTHON, "-c", "import numpy, time; time.sleep(0.6)",
+                     cwd=sv.work)
+        assert out.returncode == 0, out.stderr
+    other = json.loads((sv.work / "b.json").read_text())
+    other["launch"]["host"] = "node02"
+    (sv.work / "b.json").write_text(json.dumps(other))
+    merged = sv.run("report", "--json", "m.json", "a.json", "b.json", cwd=sv.work)
+    assert merged.returncode == 0, merged.stderr
+    assert len(re.findall(r"^tcap: node \S+: 1 launch, 1 processes$", merged.stderr, re.M)) == 2, merged.stderr
+    assert re.search(r"^tcap: verdict: 2 reports from 2 nodes: all pools within caps \(2 processes", merged.stderr,
+                     re.M)
+    data = json.loads((sv.work / "m.json").read_text())
+    assert sorted(node["host"] for node in data["nodes"])[0] == "node02"
+    assert all(node["budget"]["cpus"] for node in data["nodes"])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read report"),
+    ("{not json", "not a tcap report (JSON"),
+    ('{"processes": 3}', "not a tcap report (written by tcap run --report-json)"),
+])
+def test_report_of_a_bad_file_is_one_line_and_exit_2(sv: Isolated, content: str | None, message: str) -> None:
+    path = sv.work / "bad.json"
+    if content is not None:
+        path.write_text(content)
+    out = sv.run("report", str(path))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and str(path) in out.stderr and message in out.stderr, out.stderr
+
+
+def test_report_json_placeholders_outside_a_launcher(sv: Isolated) -> None:
+    out = sv.run("run", "--report-json", "r-{rank}-{host}-{pid}.json", "--", PYTHON, "-c", "pass", cwd=sv.work)
+    assert out.returncode == 0, out.stderr
+    [path] = list(sv.work.glob("r-*.json"))
+    assert re.fullmatch(r"r-0-[^-{}]+-\d+\.json", path.name), path.name

@@ -100,12 +100,40 @@ def read_machine(
         from tcap.ranks import read_ranks
 
         ranks = read_ranks(environ, os.uname().nodename)
-    if ranks is not None and root == "/" and hasattr(os, "sched_getaffinity"):
-        try:
-            launcher_cpus = frozenset(os.sched_getaffinity(os.getppid()))
-        except OSError:
-            pass
+    if ranks is not None and root == "/":
+        launcher_cpus = read_launcher_cpus()
     return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, read_online(root), ranks, launcher_cpus)
+
+
+#: Process names (``comm``) of the processes that start ranks on a node.
+LAUNCHER_NAMES = frozenset((b"orted", b"prted", b"mpirun", b"mpiexec", b"orterun", b"prterun", b"hydra_pmi_proxy",
+                            b"mpiexec.hydra", b"slurmstepd", b"torchrun"))
+
+
+def read_launcher_cpus(depth: int = 16) -> frozenset[int] | None:
+    """The CPUs of the process that started this rank: the nearest ancestor
+    named like a launcher (a shell between it and tcap may have inherited a
+    rank's binding), else the parent."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    parent = pid = os.getppid()
+    for _ in range(depth):
+        found = proc_stat(pid)
+        if found is None:
+            break
+        if found[0] in LAUNCHER_NAMES:
+            parent = pid
+            break
+        try:
+            pid = int(found[1][1])
+        except (ValueError, IndexError):
+            break
+        if pid <= 1:
+            break
+    try:
+        return frozenset(os.sched_getaffinity(parent))
+    except OSError:
+        return None
 
 
 def read_online(root: str = "/") -> int | None:

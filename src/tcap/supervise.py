@@ -123,11 +123,12 @@ def launch_facts(
     host = os.uname().nodename
     ranks = read_ranks(environ, host)
     node_cpus = cpus
-    if ranks is not None and hasattr(os, "sched_getaffinity"):
-        try:  # what the launcher's ranks share: its own affinity
-            node_cpus = len(os.sched_getaffinity(os.getppid()) | os.sched_getaffinity(0))
-        except OSError:
-            pass
+    if ranks is not None:
+        from tcap.machine import read_launcher_cpus
+
+        shared = read_launcher_cpus()  # what the launcher's ranks draw from
+        if shared is not None:
+            node_cpus = len(shared | os.sched_getaffinity(0))
     return {
         "host": host,
         "rank": recipe.get("rank") or (ranks.label() if ranks is not None else None),
