@@ -54,7 +54,8 @@ class Isolated:
         self.env = {
             key: value
             for key, value in os.environ.items()
-            if key not in STRIPPED and not key.startswith(("SLURM_", "TCAP_"))
+            # TCAP_PROCESS_FACTS stays: the suite runs again with the psutil backend.
+            if key not in STRIPPED and (not key.startswith(("SLURM_", "TCAP_")) or key == "TCAP_PROCESS_FACTS")
         }
         self.env.update(
             HOME=str(self.home),

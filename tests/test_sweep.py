@@ -519,7 +519,10 @@ def test_plot_writes_an_image(iso: Isolated) -> None:
     result = sweep(iso, "--threads", "1,2", "--repeat", "1", "--plot", "out.png", program=SLEEPY)
     assert result.returncode == 0, result.stderr
     image = (iso.work / "out.png").read_bytes()
-    assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 1000
+    assert image.startswith(b"\x89PNG\r\n\x1a\n") and image[12:16] == b"IHDR"
+    # 8 x (1 + 0.4 per configuration) inches at matplotlib's 100 dpi: 800 x 180 pixels for 2 configurations.
+    width, height = int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
+    assert (width, height) == (800, 180), (width, height)
 
 
 # -- several dimensions -------------------------------------------------------------

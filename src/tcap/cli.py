@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tcap.errors import EXIT_INTERNAL, TcapError
+from tcap.errors import EXIT_INTERNAL, EXIT_IO, TcapError
 from tcap.grammar import COMMANDS, KERNEL_COMMANDS
 
 TYPE_CHECKING = False
@@ -103,10 +103,11 @@ sweep: runs COMMAND under every combination of the lists (e.g. --threads
 1,2,4 --workers 1,2), --repeat times each (default 3, interleaved), and
 ranks them by median wall time; --save NAME writes the winner as a profile.
 
-exit codes: the command's own; 2 usage or configuration error; 125 other
-failure of tcap; 126 command not executable; 127 command not found; 86 a
-pool over its cap under verify strict (the command itself exited 0); 75
-too few free CPUs for auto:N under the site policy's on_full = error/wait.
+exit codes: the command's own; 2 usage or configuration error; 74 an I/O
+error (full disk, failing output, unwritable directory); 125 other failure
+of tcap; 126 command not executable; 127 command not found; 86 a pool over
+its cap under verify strict (the command itself exited 0); 75 too few free
+CPUs for auto:N under the site policy's on_full = error/wait.
 """
 
 
@@ -174,6 +175,16 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
     return name, options, rest
 
 
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush of
+    what could not be written does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run tcap; return the exit code (``run`` only returns on failure)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -193,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tcap import commands
 
         result: int = getattr(commands, name.replace(" ", "_").replace("-", "_"))(options, rest, os.environ)
+        sys.stdout.flush()  # a full disk or a failing pipe shows here, not at interpreter exit
         return result
     except TcapError as error:
         # One line, whatever a path in the message contains.
@@ -201,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except OSError as error:
+        where = error.filename if error.filename is not None else "standard output"
+        _silence_stdout()
+        sys.stderr.write(f"tcap: error: I/O error on {where}: {error.strerror or error}\n")
+        return EXIT_IO
     except Exception as error:  # anything else is a bug in tcap: say so briefly
         if os.environ.get("TCAP_DEBUG"):
             raise

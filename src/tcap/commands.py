@@ -65,7 +65,8 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
         found = launch.find_command(command[0], launch.child_environ(recipe, environ))
         sys.stdout.write(f"would exec: {render.command_line([found, *command[1:]])}\n")
         return 0
-    if recipe.get("verify") == "strict" or options.get("report") or options.get("report_json"):
+    if recipe.get("verify") == "strict" or options.get("report") or options.get("report_json") \
+            or not launch.can_exec():
         from tcap import supervise
 
         return supervise.supervise(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tcap.bounds import MAX_CPU
+
 # On the launch path (machine facts): no collections.abc at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ def parse_cpu_list(text: str) -> frozenset[int]:
         high = _number(high_text, "CPU") if dash else low
         if high < low:
             raise ValueError(f"range {low}-{high} runs backwards")
+        if high > MAX_CPU:  # checked before the range is expanded
+            raise ValueError(f"CPU {high} is above the largest CPU number Linux supports ({MAX_CPU})")
         cpus.update(range(low, high + 1, stride))
     return frozenset(cpus)
 
@@ -37,7 +41,10 @@ def parse_cpu_list(text: str) -> frozenset[int]:
 def _number(text: str, what: str) -> int:
     text = text.strip()
     if not text.isdigit() or not text.isascii():
-        raise ValueError(f"{what} {text!r} is not a number")
+        raise ValueError(f"{what} {text[:20]!r} is not a number")
+    if len(text) > 6:  # no CPU number, count or stride has more digits
+        shown = text[:20] + ("..." if len(text) > 20 else "")
+        raise ValueError(f"{what} {shown} is above the largest CPU number Linux supports ({MAX_CPU})")
     return int(text)
 
 
@@ -76,6 +83,8 @@ def parse_cpu_spec(text: str) -> tuple[str, frozenset[int] | int | None]:
             count = _number(spec[len(kind) + 1 :], "count")
             if count < 1:
                 raise ValueError(f"{kind}:N needs N of at least 1")
+            if count > MAX_CPU + 1:
+                raise ValueError(f"{kind}:{count} asks for more CPUs than Linux supports ({MAX_CPU + 1})")
             return kind, count
     try:
         return "list", parse_cpu_list(spec)

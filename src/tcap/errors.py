@@ -9,6 +9,11 @@ EXIT_USAGE = 2
 #: thread pool over its cap (chosen outside the ranges of the others and of
 #: 128+signal, so it cannot be mistaken for them).
 EXIT_VIOLATION = 86
+#: An I/O error tcap met writing or reading what it needed: a full disk, a
+#: closed or failing standard output, an unwritable cache, report, bookings
+#: or kernelspec directory (sysexits' EX_IOERR). The message names the path
+#: or stream and the OS error.
+EXIT_IO = 74
 #: Any other failure of tcap itself before the command was started.
 EXIT_INTERNAL = 125
 #: The command was found but could not be executed.

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, Union
 
+from tcap.bounds import MAX_DEPTH, MAX_DIGITS, MAX_EXPRESSION
+
 #: Names an expression may use.
 NAMES = ("cpus", "physical")
 FUNCTIONS = ("min", "max")
@@ -32,8 +34,11 @@ class Expr:
 
     def __init__(self, text: str) -> None:
         self.text = text.strip()
+        if len(text) > MAX_EXPRESSION:
+            raise ExprError(f"expression of {len(text)} characters, above tcap's limit of {MAX_EXPRESSION}")
         self._tokens = _tokenize(text)
         self._pos = 0
+        self._depth = 0
         self.names: set[str] = set()
         self.tree = self._sum()
         if self._pos != len(self._tokens):
@@ -62,10 +67,22 @@ class Expr:
     # factor := NUMBER | NAME | FUNC "(" expression ("," expression)* ")"
     #         | "(" expression ")" | "-" factor
     def _factor(self) -> Node:
+        self._depth += 1
+        try:
+            return self._bounded_factor()
+        finally:
+            self._depth -= 1
+
+    def _bounded_factor(self) -> Node:
+        if self._depth > MAX_DEPTH:
+            raise ExprError(f"{self.text[:40]!r} nests deeper than tcap's limit of {MAX_DEPTH}")
         token = self._next()
         if token is None:
             raise ExprError(f"{self.text!r} ends too early")
         if token.isdigit():
+            if len(token) > MAX_DIGITS or not token.isascii():
+                raise ExprError(f"{token[:20]}{'...' if len(token) > 20 else ''} is not a thread count "
+                                f"(at most {MAX_DIGITS} digits)")
             return int(token)
         if token == "-":
             return ("neg", self._factor())

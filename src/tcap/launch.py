@@ -76,9 +76,36 @@ def pin(recipe: Mapping[str, Any], environ: Mapping[str, str], child: dict[str, 
     if cpus is None:
         return
     try:
-        os.sched_setaffinity(0, cpus)
+        set_affinity(cpus)
     except (OSError, AttributeError) as failure:
         raise TcapError(f"cannot pin to CPUs {cpus}: {failure}", code=EXIT_INTERNAL) from None
+
+
+def set_affinity(cpus: Sequence[int]) -> None:
+    """Pin this process (and so its children) to ``cpus``: os.sched_setaffinity,
+    or Linux's sched_setaffinity(2) through ctypes where the interpreter
+    lacks it (PyPy)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+        return
+    import ctypes
+    import ctypes.util
+
+    size = (max(cpus) // 64 + 1) * 8  # bytes, a whole number of 64-bit words
+    mask = (ctypes.c_ubyte * size)()
+    for cpu in cpus:
+        mask[cpu // 8] |= 1 << (cpu % 8)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.sched_setaffinity(0, ctypes.c_size_t(size), mask) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def can_exec() -> bool:
+    """Whether this system replaces a process image (POSIX exec). Windows'
+    os.execv starts a new process and exits, which loses the exit code and
+    the console's Ctrl-C: there tcap runs the command as a supervised child."""
+    return os.name == "posix" and hasattr(os, "execve")
 
 
 def execute(recipe: Mapping[str, Any], argv: Sequence[str], environ: Mapping[str, str]) -> NoReturn:

@@ -172,8 +172,14 @@ def read_affinity(root: str = "/") -> frozenset[int] | None:
     With the real root this is ``sched_getaffinity``; under a fake root it is
     the ``Cpus_allowed_list`` line of ``proc/self/status``.
     """
-    if root == "/" and hasattr(os, "sched_getaffinity"):
-        return frozenset(os.sched_getaffinity(0))
+    if root == "/":
+        if hasattr(os, "sched_getaffinity"):
+            return frozenset(os.sched_getaffinity(0))
+        from tcap.procfacts import backend
+
+        if backend().name != "proc":  # macOS, the BSDs, Windows: no mask to read or set
+            return None
+        # Linux, from an interpreter without the call (PyPy): the kernel's own line.
     text = _read(root, "proc/self/status")
     for line in (text or "").splitlines():
         if line.startswith("Cpus_allowed_list:"):

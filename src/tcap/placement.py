@@ -74,25 +74,20 @@ def _open_dir(path: str) -> int:
 
 
 def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks since boot), or None if it is
-    gone (a zombie, dead but not yet collected by its parent, counts as gone)."""
-    from tcap.machine import proc_stat
+    """The start time of ``pid``, or None if it is gone (a zombie, dead but
+    not yet collected by its parent, counts as gone)."""
+    from tcap.procfacts import backend
 
-    found = proc_stat(pid)
-    if found is None:
-        return None
-    fields = found[1]
-    try:
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])
-    except (ValueError, IndexError):
-        return None
+    return backend().start_time(pid)
 
 
 def _alive(pid: int, start: int) -> bool:
     found = start_time(pid)
     if found is not None:
         return found == start
-    if os.path.exists(f"/proc/{pid}"):  # a zombie
+    from tcap.procfacts import backend
+
+    if backend().is_zombie_or_hidden(pid) and backend().name == "proc":  # a zombie
         return False
     try:  # /proc hides other users' processes under hidepid: ask the kernel
         os.kill(pid, 0)
@@ -132,33 +127,12 @@ def read_bookings(directory: int, clean: bool = True) -> list[dict[str, Any]]:
 
 def _busy(cpus: Iterable[int]) -> dict[int, float]:
     """Share of the last IDLE_SAMPLE seconds each CPU was busy (0 when unknown)."""
+    from tcap.procfacts import backend, busy_share
 
-    def read() -> dict[int, tuple[int, int]]:
-        out = {}
-        try:
-            with open("/proc/stat") as f:
-                for line in f:
-                    if line.startswith("cpu") and line[3].isdigit():
-                        name, *fields = line.split()
-                        values = [int(v) for v in fields]
-                        idle = values[3] + (values[4] if len(values) > 4 else 0)
-                        out[int(name[3:])] = (sum(values), idle)
-        except (OSError, ValueError, IndexError):
-            pass
-        return out
-
-    before = read()
+    facts = backend()
+    before = facts.cpu_times()
     time.sleep(IDLE_SAMPLE)
-    after = read()
-    busy = {}
-    for cpu in cpus:
-        if cpu in before and cpu in after:
-            total = after[cpu][0] - before[cpu][0]
-            idle = after[cpu][1] - before[cpu][1]
-            busy[cpu] = (total - idle) / total if total > 0 else 0.0
-        else:
-            busy[cpu] = 0.0
-    return busy
+    return busy_share(cpus, before, facts.cpu_times())
 
 
 def choose(count: int, allowed: Iterable[int], held: Mapping[int, int], busy: Mapping[int, float]) -> list[int]:

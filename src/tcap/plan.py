@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from tcap.bounds import MAX_DIGITS, MAX_THREADS, MAX_VALUE
 from tcap.cpuset import format_cpu_list, parse_cpu_spec
 from tcap.errors import TcapError
 from tcap.machine import Machine, usable
@@ -225,6 +226,9 @@ def resolve(
         )
     else:
         count, count_why = usable(machine, None if cpu_set is None else frozenset(cpu_set))
+    if machine.allowed is None:
+        notes.append("this system has no CPU affinity (macOS, the BSDs, Windows): tcap sets the thread variables "
+                     "only (VECLIB_MAXIMUM_THREADS for Accelerate too) and cannot pin CPUs")
     ranks_text = None
     if machine.ranks is not None and place is None:
         pin, cpu_set, count, count_why, ranks_text = _rank_share(
@@ -344,6 +348,7 @@ def resolve(
     by_name = {change.name: i for i, change in enumerate(env)}
     thread_variables = {v.name for v in VARIABLES if v.basis != "workers"}
     for name, setting in extra.items():
+        _check_env_value(name, setting, thread_variables)
         left = [change for change in left if change.name != name]
         change = EnvChange(name, setting.value, str(setting))
         if ceiling is not None and name in thread_variables:
@@ -524,6 +529,30 @@ def _apply_flags(profile_settings: Mapping[str, Setting], overrides: Overrides, 
     return settings
 
 
+def _check_env_value(name: str, setting: Setting, thread_variables: set[str]) -> None:
+    """An [env] or --set value tcap may export: bounded, no NUL, and a thread
+    count within MAX_THREADS (OpenMP's per-level lists too)."""
+    import re
+
+    value = setting.value
+    if value is None:
+        return
+    origin = setting.origin
+    problem = None
+    if len(value) > MAX_VALUE:
+        problem = f"{len(value)} characters, above tcap's limit of {MAX_VALUE}"
+    elif "\0" in value:
+        problem = "a NUL character, which no environment variable can hold"
+    elif name in thread_variables:
+        numbers = re.findall(r"\d+", value)
+        if any(len(n) > MAX_DIGITS or int(n) > MAX_THREADS for n in numbers):
+            problem = f"{value[:40]!r} asks for more than tcap's ceiling of {MAX_THREADS} threads per pool"
+        elif any(int(n) == 0 for n in numbers):
+            problem = f"{value[:40]!r} asks for 0 threads; a thread count is at least 1"
+    if problem:
+        raise TcapError(f"{origin.key or origin.source}: {problem}", path=_path(origin), line=origin.line)
+
+
 def _narrower(key: str) -> list[str]:
     """Cap keys more specific than ``key``."""
     if key == "threads":
@@ -537,11 +566,14 @@ def _evaluate(setting: Setting, facts: Mapping[str, int]) -> tuple[int, str]:
         return value, str(setting)
     from tcap.expr import Expr, ExprError
 
+    origin = setting.origin
     try:
         result = Expr(value).evaluate(facts)
     except ExprError as error:
-        origin = setting.origin
         raise TcapError(f"{origin.key or origin.source}: {error}", path=_path(origin), line=origin.line) from None
+    if result > MAX_THREADS:
+        raise TcapError(f"{origin.key or origin.source}: {value!r} gives {result}, above tcap's ceiling of "
+                        f"{MAX_THREADS} threads per pool", path=_path(origin), line=origin.line)
     shown = ", ".join(f"{k}={v}" for k, v in facts.items() if k in value)
     return result, f"{setting} -> {result} ({shown})"
 

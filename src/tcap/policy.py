@@ -13,12 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcap.bounds import MAX_CPU, MAX_THREADS
 from tcap.cpuset import parse_cpu_list
 from tcap.errors import TcapError
 from tcap.search import site_dir
 
 #: What a full machine does to ``cpus = "auto:N"``.
 ON_FULL = ("share", "wait", "error")
+#: The longest a launch may wait for free CPUs (on_full = "wait"): a week.
+MAX_WAIT = 7 * 24 * 3600
 KEYS = ("max_threads", "max_cpus", "allowed_cpus", "default_profile", "on_full", "wait_timeout")
 
 
@@ -68,11 +71,12 @@ def load_policy(environ: Mapping[str, str]) -> Policy | None:
 
             raise TcapError(f"unknown key {key!r}{did_you_mean(key, KEYS)}", path=path, line=line)
         if key in ("max_threads", "max_cpus"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise fail(f"expected an integer >= 1, not {value!r}")
+            ceiling = MAX_THREADS if key == "max_threads" else MAX_CPU + 1
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
+                raise fail(f"expected an integer from 1 to {ceiling}, not {repr(value)[:40]}")
         elif key == "allowed_cpus":
             if not isinstance(value, str):
-                raise fail(f"expected a CPU list string such as \"0-15\", not {value!r}")
+                raise fail(f"expected a CPU list string such as \"0-15\", not {repr(value)[:40]}")
             try:
                 value = parse_cpu_list(value)
             except ValueError as error:
@@ -81,13 +85,13 @@ def load_policy(environ: Mapping[str, str]) -> Policy | None:
             from tcap.profiles import NAME_RE
 
             if not isinstance(value, str) or not NAME_RE.match(value):
-                raise fail(f"expected a profile name, not {value!r}")
+                raise fail(f"expected a profile name, not {repr(value)[:40]}")
         elif key == "on_full":
             if value not in ON_FULL:
-                raise fail(f"expected one of {', '.join(ON_FULL)}, not {value!r}")
+                raise fail(f"expected one of {', '.join(ON_FULL)}, not {repr(value)[:40]}")
         elif key == "wait_timeout":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # nan too
-                raise fail(f"expected a number of seconds >= 0, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_WAIT:  # nan too
+                raise fail(f"expected a number of seconds from 0 to {MAX_WAIT} (a week), not {repr(value)[:40]}")
             value = float(value)
         values[key] = value
         shown = data[key]

@@ -17,8 +17,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
+from tcap.bounds import MAX_FILE, MAX_THREADS
 from tcap.cache import signature
 from tcap.cpuset import CPU_SPEC_FORMS, parse_cpu_spec
 from tcap.errors import TcapError
@@ -32,7 +33,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 # A file's identity for the plan cache (see tcap.cache.signature).
-Signature = tuple[int, int, int] | None
+Signature = Optional[tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -174,21 +175,37 @@ def _find_parent(
     return found
 
 
+def toml_module() -> Any:
+    """tomllib (Python 3.11+), or tomli, the same parser as a package, before."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover (Python < 3.11)
+        import tomli as tomllib  # type: ignore[import-not-found,no-redef]
+    return tomllib
+
+
 def read_toml(path: str, what: str = "profile") -> tuple[dict[str, Any], str]:
     """Parse one TOML file; errors carry the file and line."""
-    import tomllib
+    tomllib = toml_module()
 
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE + 1)
     except OSError as error:
         raise TcapError(f"cannot read {what}: {error.strerror}", path=path) from None
+    if len(raw) > MAX_FILE:
+        raise TcapError(f"larger than {MAX_FILE >> 20} MiB, tcap's limit for a {what} file", path=path)
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as Windows editors save: TOML has none
+        raw = raw[3:]
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise TcapError("not UTF-8 text", path=path) from None
+    except UnicodeDecodeError as error:
+        raise TcapError(f"not UTF-8 text (byte {error.start + 1})", path=path,
+                        line=raw[: error.start].count(b"\n") + 1) from None
     try:
         return tomllib.loads(text), text
+    except RecursionError:  # arrays or inline tables nested hundreds deep
+        raise TcapError("invalid TOML: nested too deeply", path=path) from None
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         match = re.search(r"\(at line (\d+), column (\d+)\)$", message)
@@ -216,7 +233,8 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
                 raise fail("description: expected a string", key)
         elif key == "alias":
             if not isinstance(value, str) or not ALIAS_RE.match(value):
-                raise fail(f"alias: expected a command name (letters, digits, '_', '.', '+', '-'), not {value!r}", key)
+                raise fail("alias: expected a command name (letters, digits, '_', '.', '+', '-'), not "
+                           f"{shown(value)}", key)
         elif key == "extends":
             names = [value] if isinstance(value, str) else value
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -234,7 +252,7 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
                 raise fail(f"cpus: {error}", key) from None
         elif key == "verify":
             if value not in VERIFY_MODES:
-                raise fail(f"verify: expected one of {', '.join(VERIFY_MODES)}, not {value!r}", key)
+                raise fail(f"verify: expected one of {', '.join(VERIFY_MODES)}, not {shown(value)}", key)
         elif key == "env":
             if not isinstance(value, dict):
                 raise fail("env: expected a table ([env])", key)
@@ -245,11 +263,20 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
                     raise fail(f"env.{name}: expected a string, a number, or false to unset", name, "env")
 
 
+def shown(value: Any, width: int = 40) -> str:
+    """``repr(value)`` cut to ``width`` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def count_problem(value: Any) -> str | None:
     """Why ``value`` is not a valid thread count, or None if it is."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return f"expected an integer >= 1 or an expression string, not {value!r}"
+        return f"expected an integer >= 1 or an expression string, not {shown(value)}"
     if isinstance(value, int):
+        if value > MAX_THREADS:
+            number = str(value) if value < 10**20 else "a number"
+            return f"{number} is above tcap's ceiling of {MAX_THREADS} threads per pool"
         return None if value >= 1 else f"expected an integer >= 1, not {value}"
     from tcap.expr import Expr, ExprError
 

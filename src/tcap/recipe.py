@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from tcap.bounds import MAX_DIGITS
 from tcap.errors import TcapError
 from tcap.grammar import PLAN_OPTIONS
 from tcap.search import DEFAULT_PROFILE, is_path, search_path
@@ -53,15 +54,19 @@ def overrides_from(options: Mapping[str, Any]) -> Overrides:
     counts: dict[str, int | str | None] = {}
     for key in ("threads", "blas", "openmp", "workers"):
         value = options.get(key)
-        counts[key] = int(value) if isinstance(value, str) and value.isdigit() else value
+        # Digits only, and few enough to be a count: int() of a 5000-digit
+        # string raises; the expression check bounds the rest.
+        counts[key] = int(value) if isinstance(value, str) and value.isdigit() and value.isascii() \
+            and len(value) <= MAX_DIGITS else value
     verify = options.get("verify")
     if verify is not None and verify not in VERIFY_MODES:
         raise TcapError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     pairs = []
     for item in options.get("set", []):
         name, eq, value = item.partition("=")
-        if not eq or not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
-            raise TcapError(f"--set expects VAR=VALUE with a valid variable name, not {item!r}")
+        if not eq or not name or not name.isascii() or not (name[0].isalpha() or name[0] == "_") \
+                or not name.replace("_", "a").isalnum() or len(name) > 255:
+            raise TcapError(f"--set expects VAR=VALUE with a valid variable name, not {item[:60]!r}")
         pairs.append((name, value))
     return Overrides(
         threads=counts["threads"],

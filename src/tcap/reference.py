@@ -76,8 +76,9 @@ def test_dependencies() -> set[str]:
     import os
     import re
 
-    import tomllib
+    from tcap.profiles import toml_module
 
+    tomllib = toml_module()
     path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "pyproject.toml")
     try:
         with open(path, "rb") as f:

@@ -110,7 +110,9 @@ def completion(shell: str, tcap: Sequence[str], commands: Commands) -> str:
         f'        -p|--profile) COMPREPLY=($(compgen -W "$({call} profiles --names 2>/dev/null)" -- "$cur"))'
         "; return ;;",
         '        --verify) COMPREPLY=($(compgen -W "off warn strict enforce" -- "$cur")); return ;;',
-        '        --shell) COMPREPLY=($(compgen -W "sh bash zsh fish" -- "$cur")); return ;;',
+        # tcap env also prints POSIX sh; aliases are for bash, zsh and fish only.
+        '        --shell) if [[ ${COMP_WORDS[1]} == env ]]; then COMPREPLY=($(compgen -W "sh bash zsh fish" -- "$cur"))'
+        '; else COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); fi; return ;;',
         '        --report-json|--plan|--prefix|--python) COMPREPLY=($(compgen -f -- "$cur")); return ;;',
         "    esac",
         f'    if ((COMP_CWORD == 1)); then COMPREPLY=($(compgen -W {quote(" ".join(top), shell)} -- "$cur"))'
@@ -148,7 +150,8 @@ def _fish_completion(top: Sequence[str], options: Mapping[str, Sequence[str]], c
         f"complete -c tcap -s p -l profile -x -a '({call} profiles --names 2>/dev/null)'",
         "complete -c tcap -l verify -x -a 'off warn strict enforce'",
         "complete -c tcap -n '__fish_seen_subcommand_from shell-init' -a 'bash zsh fish'",
-        "complete -c tcap -l shell -x -a 'sh bash zsh fish'",
+        "complete -c tcap -n '__fish_seen_subcommand_from env' -l shell -x -a 'sh bash zsh fish'",
+        "complete -c tcap -n 'not __fish_seen_subcommand_from env' -l shell -x -a 'bash zsh fish'",
     ]
     for name, words in sorted(options.items()):
         sub = name.split()[-1]

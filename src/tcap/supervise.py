@@ -159,6 +159,9 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
     """Start the child with forwarded signals, sampling its tree; wait; (exit code, sampler)."""
     from tcap import launch
 
+    if not (hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait")):
+        return _run_child_plain(found, argv, env, sampler)
+
     mask = {*FORWARDED, signal.SIGCHLD}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
 
@@ -189,6 +192,33 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
             pass
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return (128 - code if code < 0 else code), sampler
+
+
+def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
+    """Where signals cannot be waited for (Windows, macOS): wait with a
+    timeout between samples. Ctrl-C in a console reaches the child too, so
+    tcap keeps waiting for the child's own exit code rather than dying."""
+    from tcap import launch
+
+    try:
+        child = subprocess.Popen(list(argv), executable=found, env=env)
+    except OSError as failure:
+        raise launch.exec_error(argv[0], failure) from None
+    # Ignored from now on (the child started with the default handling): a
+    # KeyboardInterrupt landing inside wait() could lose the child's status.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sampler.root = child.pid
+        while True:
+            sampler.sample()
+            try:
+                code = child.wait(timeout=INTERVAL)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return (128 - code if code < 0 else code), sampler
 
 
@@ -259,11 +289,9 @@ class Sampler:
     line, peak OS threads and CPU time; the peak of the tree's total; and
     the launch budget (see ``budget_threads``).
 
-    One read of ``/proc/PID/stat`` per process on the machine gives the
-    parent, thread count and CPU time at once (the command line is read once
-    per new process). psutil needs a scan of every parent plus two reads per
-    process of the tree and cost ~3x more CPU on a 64-process tree
-    (docs/benchmarks.md); tcap only runs on Linux anyway.
+    Through tcap.procfacts: on Linux one read of ``/proc/PID/stat`` per
+    process on the machine gives the parent, thread count and CPU time at
+    once (the command line is read once per new process); elsewhere psutil.
     """
 
     def __init__(self, root: int, report_dir: str | None = None, cpus: int | None = None) -> None:
@@ -276,40 +304,25 @@ class Sampler:
         self.pool_sizes: dict[int, tuple[int, int]] = {}
         self.processes: dict[int, dict[str, Any]] = {}
         self.peak_total = 0
-        self.tick = os.sysconf("SC_CLK_TCK")
+        from tcap.procfacts import backend
+
+        self.facts = backend()
         #: The pids of the tree at the last sample.
         self.last: list[int] = []
         #: pid -> command name when last sampled: a change means an exec.
         self.names: dict[int, bytes] = {}
 
     def sample(self) -> None:
-        stats: dict[int, tuple[int, int, float, bytes]] = {}  # pid -> (ppid, threads, cpu seconds, comm)
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return
-        for name in names:
-            if not name.isdigit():
-                continue
-            stat = _stat(int(name))
-            if stat is not None:
-                stats[int(name)] = (stat[0], stat[1], (stat[2] + stat[3]) / self.tick, stat[4])
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, *_) in stats.items():
-            children.setdefault(ppid, []).append(pid)
-        if self.root not in stats:
+        tree = self.facts.tree(self.root)
+        if not tree:
             return
         total = 0
-        todo = [self.root]
         self.last = []
         now = time.monotonic()
         demand = busy = 0
         previous, self.previous = self.previous, {}
-        while todo:
-            pid = todo.pop()
+        for pid, (_, threads, cpu, comm) in tree.items():
             self.last.append(pid)
-            todo.extend(children.get(pid, ()))
-            _, threads, cpu, comm = stats[pid]
             total += threads
             self.previous[pid] = (cpu, now)
             if pid in previous and cpu - previous[pid][0] >= BUSY * (now - previous[pid][1]) > 0:
@@ -317,12 +330,13 @@ class Sampler:
                 demand += self.budget_threads(pid)
             seen = self.processes.get(pid)
             if seen is None:
-                self.processes[pid] = {"argv": _cmdline(pid), "peak_os_threads": threads, "cpu_seconds": round(cpu, 2)}
+                self.processes[pid] = {"argv": self.facts.cmdline(pid), "peak_os_threads": threads,
+                                       "cpu_seconds": round(cpu, 2)}
                 self.names[pid] = comm
             else:
                 if self.names.get(pid) != comm:  # it exec'd since (a fork first seen before its exec)
                     self.names[pid] = comm
-                    seen["argv"] = _cmdline(pid) or seen["argv"]
+                    seen["argv"] = self.facts.cmdline(pid) or seen["argv"]
                 seen["peak_os_threads"] = max(seen["peak_os_threads"], threads)
                 seen["cpu_seconds"] = max(seen["cpu_seconds"], round(cpu, 2))
         self.peak_total = max(self.peak_total, total)
@@ -349,32 +363,6 @@ class Sampler:
                 largest = 1
             cached = self.pool_sizes[pid] = (mtime, largest)
         return cached[1]
-
-
-def _stat(pid: int) -> tuple[int, int, int, int, bytes] | None:
-    """(ppid, threads, utime, stime, command name) of ``pid``, or None if it is gone."""
-    from tcap.machine import proc_stat
-
-    found = proc_stat(pid)
-    if found is None:
-        return None
-    name, fields = found
-    try:
-        return int(fields[1]), int(fields[17]), int(fields[11]), int(fields[12]), name
-    except (ValueError, IndexError):
-        return None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            data = f.read()
-        if data:
-            return [part.decode(errors="replace") for part in data.rstrip(b"\0").split(b"\0")]
-        with open(f"/proc/{pid}/comm", "rb") as f:  # a zombie's command line is empty
-            return [f"[{f.read().strip().decode(errors='replace')}]"]
-    except OSError:
-        return []
 
 
 def read_records(directory: str) -> dict[int, dict[str, Any]]:

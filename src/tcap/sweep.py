@@ -171,18 +171,12 @@ def _kill_tree(child: subprocess.Popen[bytes], sampler: Any) -> None:
 
 def _tree_rss(sampler: Any) -> int:
     """Bytes resident in the sampled tree now, or the largest peak of one of
-    its processes (VmHWM, which catches a peak between two samples)."""
+    its processes (VmHWM on Linux, which catches a peak between two samples)."""
     total = peak = 0
     for pid in sampler.last:
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-                    elif line.startswith(b"VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, ValueError, IndexError):
-            pass
+        rss, high = sampler.facts.memory(pid)
+        total += rss
+        peak = max(peak, high)
     return max(total, peak)
 
 
