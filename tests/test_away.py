@@ -79,3 +79,16 @@ def test_without_linux_calls_the_report_still_samples_with_psutil(iso: Isolated)
     assert re.search(r"^tcap: verdict: all pools within caps \(1 process, 1 verified", result.stderr, re.M), \
         result.stderr
     assert sys.platform.startswith("linux")  # simulated: the real non-Linux runs are not tested here
+
+
+def test_without_sigtimedwait_sigterm_to_tcap_is_forwarded(iso: Isolated):
+    """macOS and PyPy have no sigtimedwait: a handler passes SIGTERM on."""
+    script = iso.work / "away.py"
+    script.write_text(AWAY)
+    program = "import time\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    proc = subprocess.Popen([PYTHON, str(script), "run", "--", PYTHON, "-c", program], env=iso.env, cwd=iso.work,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)  # to tcap only, as a batch system would
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, err)

@@ -196,9 +196,11 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
 
 
 def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
-    """Where signals cannot be waited for (Windows, macOS): wait with a
-    timeout between samples. Ctrl-C in a console reaches the child too, so
-    tcap keeps waiting for the child's own exit code rather than dying."""
+    """Where signals cannot be waited for (Windows; macOS and PyPy have no
+    sigtimedwait): wait with a timeout between samples. Ctrl-C reaches the
+    child too (the terminal sends it to the whole group, the console to every
+    process), so tcap ignores it and waits for the child's own exit code; on
+    POSIX the other forwarded signals are passed on from a handler."""
     from tcap import launch
 
     try:
@@ -208,6 +210,11 @@ def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampl
     # Ignored from now on (the child started with the default handling): a
     # KeyboardInterrupt landing inside wait() could lose the child's status.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forwarded = {}
+    if os.name == "posix":  # macOS, PyPy: forward what is sent to tcap from a handler
+        for number in FORWARDED:
+            if number != signal.SIGINT:
+                forwarded[number] = signal.signal(number, lambda signum, frame: child.send_signal(signum))
     try:
         sampler.root = child.pid
         while True:
@@ -219,6 +226,8 @@ def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampl
                 continue
     finally:
         signal.signal(signal.SIGINT, previous)
+        for number, handler in forwarded.items():
+            signal.signal(number, handler)
     return (128 - code if code < 0 else code), sampler
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tomllib
+from tcap.profiles import toml_module
 
 HERE = Path(__file__).parent
 NAMES = sorted(p.stem for p in HERE.glob("*.toml"))
@@ -17,7 +17,7 @@ NAMES = sorted(p.stem for p in HERE.glob("*.toml"))
 
 def build(name: str, root: Path) -> Path:
     """Write machine ``name``'s tree under ``root``; returns ``root``."""
-    spec = tomllib.loads((HERE / f"{name}.toml").read_text())
+    spec = toml_module().loads((HERE / f"{name}.toml").read_text())
     sockets, per_socket, smt = spec["sockets"], spec["cores_per_socket"], spec["threads_per_core"]
     cores = sockets * per_socket
     cpus = cores * smt
