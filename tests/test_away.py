@@ -62,8 +62,11 @@ def test_without_exec_ctrl_c_reaches_the_command_and_its_code_passes(iso: Isolat
     script.write_text(AWAY)
     program = ("import sys, time\nprint('ready', flush=True)\ntry:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n"
                "    print('interrupted', flush=True)\n    sys.exit(130)\n")
+    # As from a terminal: SIGINT at its default (a shell's background job, as
+    # this suite may be, starts with it ignored, and so would the program).
     proc = subprocess.Popen([PYTHON, str(script), "run", "--", PYTHON, "-c", program], env=iso.env, cwd=iso.work,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     time.sleep(0.3)

@@ -93,3 +93,21 @@ def test_completion_offers_sh_only_where_it_is_accepted(iso: Isolated):
     fish = quick(iso, "shell-init", "fish").stdout
     assert "-n 'not __fish_seen_subcommand_from env' -l shell -x -a 'bash zsh fish'" in fish
     assert quick(iso, "alias", "--shell", "sh").returncode == 2
+
+
+def test_an_unwritable_bookings_directory_is_an_io_error(iso: Isolated):
+    blocker = iso.root / "file"
+    blocker.write_text("")
+    marker = iso.work / "started"
+    result = quick(iso, "run", "--cpus", "auto:1", "--", "touch", str(marker),
+                   env={**iso.env, "TCAP_BOOKINGS_DIR": str(blocker / "bookings")})
+    assert result.returncode == 74 and not marker.exists()
+    assert result.stderr == f"tcap: error: {blocker}/bookings: cannot create the CPU bookings directory: Not a " \
+                            "directory\n"
+
+
+def test_an_unwritable_cache_does_not_stop_the_command(iso: Isolated):
+    blocker = iso.root / "file"
+    blocker.write_text("")
+    result = quick(iso, "run", "--", PYTHON, "-c", "print('ran')", env={**iso.env, "XDG_CACHE_HOME": str(blocker)})
+    assert result.returncode == 0 and result.stdout == "ran\n"

@@ -90,3 +90,19 @@ def parse_cpu_spec(text: str) -> tuple[str, frozenset[int] | int | None]:
         return "list", parse_cpu_list(spec)
     except ValueError as error:
         raise ValueError(f"{error}; expected {CPU_SPEC_FORMS}") from None
+
+
+class Keyed:
+    """Equality and hashing by ``key()``, for the small value classes of the
+    launch path (Machine, Ranks), where dataclasses cost an import."""
+
+    __slots__ = ()
+
+    def key(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())

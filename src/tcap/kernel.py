@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from tcap.errors import EXIT_INTERNAL, TcapError
+from tcap.errors import EXIT_INTERNAL, EXIT_IO, TcapError
 from tcap.recipe import plan_flags
 
 TYPE_CHECKING = False
@@ -189,7 +189,7 @@ def install(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str
             raise TcapError(
                 f"cannot install kernel {name!r} into {failure.filename or destination}: "
                 f"{failure.strerror}{hint}",
-                code=EXIT_INTERNAL,
+                code=EXIT_IO,
             ) from None
     if os.path.dirname(destination) not in manager.kernel_dirs:
         warnings.append(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from tcap.cpuset import format_cpu_list, parse_cpu_list
+from tcap.cpuset import Keyed, format_cpu_list, parse_cpu_list
 
 # This module is on the launch path: no dataclasses/typing at run time.
 TYPE_CHECKING = False
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tcap.ranks import Ranks
 
 
-class Machine:
+class Machine(Keyed):
     """What the launcher knows about the CPUs it runs on.
 
     ``allowed`` is the affinity mask (``None`` where the OS has none);
@@ -62,12 +62,6 @@ class Machine:
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"Machine({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Machine) and self.key() == other.key()
-
-    def __hash__(self) -> int:
-        return hash(self.key())
 
     def key(self) -> tuple[object, ...]:
         """A hashable, marshal-able summary (the plan cache keys on it)."""

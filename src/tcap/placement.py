@@ -28,7 +28,7 @@ import os
 import sys
 import time
 
-from tcap.errors import TcapError
+from tcap.errors import EXIT_IO, TcapError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ def _open_dir(path: str) -> int:
     except FileExistsError:
         pass
     except OSError as failure:
-        raise TcapError(f"cannot create the CPU bookings directory: {failure.strerror}", path=path) from None
+        raise TcapError(f"cannot create the CPU bookings directory: {failure.strerror}", path=path,
+                        code=EXIT_IO) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as failure:

@@ -17,6 +17,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
     #: pid -> (ppid, threads, CPU seconds, name)
     Tree = dict[int, tuple[int, int, float, bytes]]
@@ -117,18 +118,28 @@ class PsutilBackend:
 
     name = "psutil"
 
+    #: The tree's members are looked up (a scan of every process's parent)
+    #: at every REFRESH-th call; in between, the known members are read again.
+    REFRESH = 2
+
     def __init__(self) -> None:
         import psutil
 
         self.psutil = psutil
+        self.members: dict[int, list[Any]] = {}
+        self.calls = 0
 
     def tree(self, root: int) -> Tree:
         psutil = self.psutil
-        try:
-            top = psutil.Process(root)
-            members = [top, *top.children(recursive=True)]
-        except (psutil.Error, OSError):
-            return {}
+        self.calls += 1
+        members = self.members.get(root)
+        if members is None or self.calls % self.REFRESH == 0:
+            try:
+                top = psutil.Process(root)
+                members = self.members[root] = [top, *top.children(recursive=True)]
+            except (psutil.Error, OSError):
+                self.members.pop(root, None)
+                return {}
         stats = {}
         for process in members:
             try:
@@ -218,7 +229,8 @@ def busy_share(cpus: Iterable[int], before: dict[int, tuple[float, float]],
         if cpu in before and cpu in after:
             total = after[cpu][0] - before[cpu][0]
             idle = after[cpu][1] - before[cpu][1]
-            busy[cpu] = (total - idle) / total if total > 0 else 0.0
+            # Clamped: the kernel's per-CPU iowait counter can run backwards.
+            busy[cpu] = min(1.0, max(0.0, (total - idle) / total)) if total > 0 else 0.0
         else:
             busy[cpu] = 0.0
     return busy

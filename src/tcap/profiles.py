@@ -175,6 +175,18 @@ def _find_parent(
     return found
 
 
+def read_bounded(path: str, limit: int, what: str) -> bytes:
+    """The bytes of ``path``, read no further than ``limit``; TcapError names the file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as error:
+        raise TcapError(f"cannot read {what}: {error.strerror}", path=path) from None
+    if len(raw) > limit:
+        raise TcapError(f"larger than {limit >> 20} MiB, tcap's limit for a {what} file", path=path)
+    return raw
+
+
 def toml_module() -> Any:
     """tomllib (Python 3.11+), or tomli, the same parser as a package, before."""
     try:
@@ -188,13 +200,7 @@ def read_toml(path: str, what: str = "profile") -> tuple[dict[str, Any], str]:
     """Parse one TOML file; errors carry the file and line."""
     tomllib = toml_module()
 
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE + 1)
-    except OSError as error:
-        raise TcapError(f"cannot read {what}: {error.strerror}", path=path) from None
-    if len(raw) > MAX_FILE:
-        raise TcapError(f"larger than {MAX_FILE >> 20} MiB, tcap's limit for a {what} file", path=path)
+    raw = read_bounded(path, MAX_FILE, what)
     if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as Windows editors save: TOML has none
         raw = raw[3:]
     try:

@@ -10,6 +10,8 @@ cannot oversubscribe (more ranks sharing, never fewer).
 
 from __future__ import annotations
 
+from tcap.cpuset import Keyed
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,7 +34,7 @@ VARIABLES = tuple(name for launcher in LAUNCHERS for name in launcher[1:] if nam
 MAX_RANKS = 1 << 16
 
 
-class Ranks:
+class Ranks(Keyed):
     """This process as rank ``local_rank`` of ``local_size`` on its node."""
 
     __slots__ = ("launcher", "local_rank", "local_size", "rank", "size", "node", "masks", "notes")
@@ -55,12 +57,6 @@ class Ranks:
     def key(self) -> tuple[object, ...]:
         masks = None if self.masks is None else tuple(tuple(sorted(m)) for m in self.masks)
         return (self.launcher, self.local_rank, self.local_size, self.rank, self.size, self.node, masks, self.notes)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Ranks) and self.key() == other.key()
-
-    def __hash__(self) -> int:
-        return hash(self.key())
 
     def __repr__(self) -> str:
         return f"Ranks{self.key()!r}"

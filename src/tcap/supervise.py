@@ -574,14 +574,9 @@ MAX_REPORT_BYTES = 64 << 20
 def read_report(path: str) -> dict[str, Any]:
     """One ``--report-json`` file; a TcapError names the file otherwise."""
     from tcap.errors import TcapError
+    from tcap.profiles import read_bounded
 
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_REPORT_BYTES + 1)
-    except OSError as failure:
-        raise TcapError(f"cannot read report: {failure.strerror}", path=path) from None
-    if len(raw) > MAX_REPORT_BYTES:
-        raise TcapError(f"report larger than {MAX_REPORT_BYTES >> 20} MiB", path=path)
+    raw = read_bounded(path, MAX_REPORT_BYTES, "report")
     try:
         data = json.loads(raw)
     except ValueError as failure:
