@@ -93,7 +93,7 @@ def read_machine(
                                         "LOCAL_RANK")):
         from tcap.ranks import read_ranks
 
-        ranks = read_ranks(environ, os.uname().nodename)
+        ranks = read_ranks(environ, hostname())
     if ranks is not None and root == "/":
         launcher_cpus = read_launcher_cpus()
     return Machine(allowed, quota, quota_source, slurm, slurm_source, cores, read_online(root), ranks, launcher_cpus)
@@ -102,6 +102,11 @@ def read_machine(
 #: Process names (``comm``) of the processes that start ranks on a node.
 LAUNCHER_NAMES = frozenset((b"orted", b"prted", b"mpirun", b"mpiexec", b"orterun", b"prterun", b"hydra_pmi_proxy",
                             b"mpiexec.hydra", b"slurmstepd", b"torchrun"))
+
+
+def hostname() -> str:
+    """This machine's name (os.uname, which Windows lacks, else its variable)."""
+    return os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
 
 
 def read_launcher_cpus(depth: int = 16) -> frozenset[int] | None:

@@ -34,14 +34,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
+FORWARDED = tuple(
+    getattr(signal, name)  # Windows has only SIGINT and SIGTERM of these
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+    if hasattr(signal, name)
 )
 #: si_code of a signal the kernel generated (terminal keys, SIGWINCH).
 SI_KERNEL = 0x80
@@ -118,9 +114,10 @@ def launch_facts(
 ) -> dict[str, Any]:
     """Where this launch ran, for ``tcap report`` to merge launches: host,
     rank, the CPUs of the node the ranks share, the budget samples."""
+    from tcap.machine import hostname
     from tcap.ranks import read_ranks
 
-    host = os.uname().nodename
+    host = hostname()
     ranks = read_ranks(environ, host)
     node_cpus = cpus
     if ranks is not None:
@@ -151,7 +148,9 @@ def expand(path: str, environ: Mapping[str, str]) -> str:
 
     ranks = read_ranks(environ)
     rank = 0 if ranks is None else ranks.rank if ranks.rank is not None else ranks.local_rank
-    host = os.uname().nodename.split(".")[0]
+    from tcap.machine import hostname
+
+    host = hostname().split(".")[0]
     return path.replace("{rank}", str(rank)).replace("{host}", host).replace("{pid}", str(os.getpid()))
 
 
