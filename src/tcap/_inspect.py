@@ -147,7 +147,8 @@ def hazards(pools, facts, caps, python_threads):
         if omp > limit:
             source = f"the openmp cap is {caps['openmp']}" if caps.get("openmp", 0) == omp else \
                 f"the OpenMP runtime runs {omp} threads"
-            found.append({"key": f"limit:{pool['filepath']}:openmp", "kind": "hazard", "what": (
+            found.append({"key": f"limit:{pool['filepath']}:openmp", "kind": "hazard", "filepath": pool["filepath"],
+                          "cap": "openmp", "what": (
                 f"{name} is built for at most {limit} threads, but {source}: more OpenMP threads calling it at "
                 f"once crash it (\"precompiled NUM_THREADS exceeded\"); lower the openmp cap to {limit} "
                 f"(tcap run --openmp {limit})")})

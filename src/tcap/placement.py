@@ -88,7 +88,7 @@ def _alive(pid: int, start: int) -> bool:
         return found == start
     from tcap.procfacts import backend
 
-    if backend().is_zombie_or_hidden(pid) and backend().name == "proc":  # a zombie
+    if backend().is_zombie(pid):
         return False
     try:  # /proc hides other users' processes under hidepid: ask the kernel
         os.kill(pid, 0)

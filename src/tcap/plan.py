@@ -431,21 +431,18 @@ def _rank_share(
     text = f"{ranks.text()}; {how}"
     if sharers == 1 and not pinned_rank:
         return pin, cpu_set, count, count_why, text
+    if pinned_rank and sharers == 1:
+        return pin, cpu_set, count, f"{count_why}; cpus = rank: the launcher already gave this rank its own " \
+            f"CPUs, kept as they are", text
+    mine = block(cpu_set, sharers, index, machine.cores)
+    sizes = "-".join(map(str, sorted({len(block(cpu_set, sharers, i, machine.cores)) for i in range(sharers)})))
+    even = "-" not in sizes
     if pinned_rank:
-        if sharers == 1:
-            return pin, cpu_set, count, f"{count_why}; cpus = rank: the launcher already gave this rank its own " \
-                f"CPUs, kept as they are", text
-        mine = block(cpu_set, sharers, index, machine.cores)
         available, available_why = usable(machine, frozenset(mine))
-        sizes = sorted({len(block(cpu_set, sharers, i, machine.cores)) for i in range(sharers)})
-        uneven = f" (blocks of {'-'.join(map(str, sizes))}: {len(cpu_set)} do not divide by {sharers})" \
-            if len(sizes) > 1 else ""
+        uneven = "" if even else f" (blocks of {sizes}: {len(cpu_set)} do not divide by {sharers})"
         return mine, mine, min(available, len(mine)), f"cpus = rank: block {index + 1} of {sharers} of " \
             f"{_cpus_text(cpu_set)}, shared by {sharers} local ranks{uneven} ({available_why})", text
-    mine = block(cpu_set, sharers, index, machine.cores)
-    sizes = sorted({len(block(cpu_set, sharers, i, machine.cores)) for i in range(sharers)})
-    uneven = f"; {len(cpu_set)} do not divide by {sharers}: shares of {'-'.join(map(str, sizes))}" \
-        if len(sizes) > 1 else ""
+    uneven = "" if even else f"; {len(cpu_set)} do not divide by {sharers}: shares of {sizes}"
     share_count = min(count, len(mine))
     return pin, cpu_set, share_count, f"{count_why}; shared by {sharers} local ranks: this rank's share is " \
         f"{share_count}{uneven}", text

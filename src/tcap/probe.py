@@ -429,8 +429,8 @@ def _libraries(pools, caps):
         if hazard["kind"] != "hazard":
             continue
         text = hazard["what"]
-        path = hazard["key"].split(":")[1] if hazard["key"].startswith("limit:") else None
-        if path in _state.get("fresh", ()) and hazard["key"].endswith(":openmp"):
+        path = hazard.get("filepath")
+        if hazard.get("cap") == "openmp" and path in _state.get("fresh", ()):
             text += f"; tcap's next launches of {sys.executable} cap openmp at {facts[path]['max_threads']}"
         sys.stderr.write(f"tcap: warning: {_who()}: {text}"
                          + (f" [profile {profile}]" if profile else "") + "\n")

@@ -79,8 +79,9 @@ class ProcBackend:
         except (ValueError, IndexError):
             return None
 
-    def is_zombie_or_hidden(self, pid: int) -> bool:
-        """Whether ``pid`` exists though its start time cannot be read."""
+    def is_zombie(self, pid: int) -> bool:
+        """Whether ``pid``, whose start time cannot be read, is a zombie (its
+        /proc entry is there); a process /proc hides (hidepid) is not."""
         return os.path.exists(f"/proc/{pid}")
 
     def memory(self, pid: int) -> tuple[int, int]:
@@ -169,8 +170,12 @@ class PsutilBackend:
         except (psutil.Error, OSError):
             return None
 
-    def is_zombie_or_hidden(self, pid: int) -> bool:
-        return bool(self.psutil.pid_exists(pid))
+    def is_zombie(self, pid: int) -> bool:
+        psutil = self.psutil
+        try:
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        except (psutil.Error, OSError):
+            return False
 
     def memory(self, pid: int) -> tuple[int, int]:
         psutil = self.psutil

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
+    from tcap.ranks import Ranks
+
 FORWARDED = tuple(
     getattr(signal, name)  # Windows has only SIGINT and SIGTERM of these
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
@@ -89,7 +91,12 @@ def supervise(
     strict = recipe.get("verify") == "strict"
     result = EXIT_VIOLATION if strict and violated and code == 0 else code
     summary["exit_code"] = result
-    summary["launch"] = launch_facts(recipe, environ, cpus, sampler.budget.samples)
+    from tcap.machine import hostname
+    from tcap.ranks import read_ranks
+
+    host = hostname()
+    ranks = read_ranks(environ, host)
+    summary["launch"] = launch_facts(recipe, ranks, host, cpus, sampler.budget.samples)
     if report:
         sys.stderr.write(table(processes) + findings(summary))
     if report or (strict and violated):
@@ -97,7 +104,7 @@ def supervise(
         sys.stderr.write(f"tcap: verdict: {summary['verdict']}{suffix}\n")
     sys.stderr.flush()
     if report_json:
-        report_json = expand(report_json, environ)
+        report_json = expand(report_json, ranks, host)
         try:
             with open(report_json, "w") as f:
                 json.dump({"processes": processes, **summary}, f, indent=2)
@@ -110,15 +117,10 @@ def supervise(
 
 
 def launch_facts(
-    recipe: Mapping[str, Any], environ: Mapping[str, str], cpus: int | None, samples: list[list[float]],
+    recipe: Mapping[str, Any], ranks: Ranks | None, host: str, cpus: int | None, samples: list[list[float]],
 ) -> dict[str, Any]:
     """Where this launch ran, for ``tcap report`` to merge launches: host,
     rank, the CPUs of the node the ranks share, the budget samples."""
-    from tcap.machine import hostname
-    from tcap.ranks import read_ranks
-
-    host = hostname()
-    ranks = read_ranks(environ, host)
     node_cpus = cpus
     if ranks is not None:
         from tcap.machine import read_launcher_cpus
@@ -138,20 +140,13 @@ def launch_facts(
     }
 
 
-def expand(path: str, environ: Mapping[str, str]) -> str:
+def expand(path: str, ranks: Ranks | None, host: str) -> str:
     """``--report-json`` with {rank}, {host} and {pid} filled in, so every
     rank of a job writes its own file on a shared filesystem ({rank} is the
-    launcher's global rank, else its local rank, else 0)."""
-    if "{" not in path:
-        return path
-    from tcap.ranks import read_ranks
-
-    ranks = read_ranks(environ)
+    launcher's global rank, else its local rank, else 0; {host} the short
+    host name)."""
     rank = 0 if ranks is None else ranks.rank if ranks.rank is not None else ranks.local_rank
-    from tcap.machine import hostname
-
-    host = hostname().split(".")[0]
-    return path.replace("{rank}", str(rank)).replace("{host}", host).replace("{pid}", str(os.getpid()))
+    return path.replace("{rank}", str(rank)).replace("{host}", host.split(".")[0]).replace("{pid}", str(os.getpid()))
 
 
 def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
@@ -362,12 +357,10 @@ class Sampler:
             return 1
         cached = self.pool_sizes.get(pid)
         if cached is None or cached[0] != mtime:
+            pools = (_load_record(path) or {}).get("pools") or []
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                with os.fdopen(fd) as f:
-                    pools = json.load(f).get("pools") or []
                 largest = max([p.get("num_threads") or 0 for p in pools if p.get("internal_api") != "affinity"] + [1])
-            except (OSError, ValueError, AttributeError, TypeError):
+            except (AttributeError, TypeError):  # no pools, or not the probe's shape
                 largest = 1
             cached = self.pool_sizes[pid] = (mtime, largest)
         return cached[1]
@@ -385,15 +378,22 @@ def read_records(directory: str) -> dict[int, dict[str, Any]]:
         stem, dot, ext = entry.name.partition(".")
         if not (dot and ext == "json" and stem.isdigit()) or not entry.is_file(follow_symlinks=False):
             continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("pid") == int(stem):
+        record = _load_record(entry.path)
+        if record is not None and record.get("pid") == int(stem):
             records[int(stem)] = record
     return records
+
+
+def _load_record(path: str) -> dict[str, Any] | None:
+    """One probe record (never through a symlink), or None when it is
+    unreadable or not a JSON object."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _short(argv: Sequence[str]) -> str:
