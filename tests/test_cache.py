@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tcap import cache
-from tcap.cache import FILENAME, MAX_ENTRIES, cache_file, lookup, signature, store
+from tcap.cache import DIRNAME, FORMAT, MAX_ENTRIES, cache_file, entry_path, lookup, signature, store
 
 KEY = ("0.1", "default", (("threads", 2),), ("/a", "/b"), ((0, 1), None, None, None, None))
-RECIPE = ((("OMP_NUM_THREADS", "2"), ("MKL_NUM_THREADS", "2")), (0, 1))
+RECIPE = {"env": [["OMP_NUM_THREADS", "2"], ["MKL_NUM_THREADS", None]], "pin": [0, 1], "verify": "warn"}
 
 
 @pytest.fixture
 def where(tmp_path: Path) -> str:
-    return str(tmp_path / "cache" / "tcap" / "plans.marshal")
+    return str(tmp_path / "cache" / "tcap" / DIRNAME)
 
 
 @pytest.fixture
@@ -45,9 +44,36 @@ def test_lookup_without_file_misses(where):
 
 def test_files_are_private(where, dep):
     store(where, KEY, deps_for(dep), RECIPE)
-    assert stat.S_IMODE(os.stat(where).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(os.path.dirname(where)).st_mode) & 0o077 == 0
-    assert os.listdir(os.path.dirname(where)) == [os.path.basename(where)]
+    entry = entry_path(where, KEY)
+    assert stat.S_IMODE(os.stat(entry).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(where).st_mode) & 0o077 == 0
+    assert os.listdir(where) == [os.path.basename(entry)]  # no temporary file left behind
+
+
+def test_one_file_per_key_each_read_by_name(where, dep):
+    store(where, KEY, deps_for(dep), RECIPE)
+    store(where, KEY + ("other",), deps_for(dep), {**RECIPE, "pin": None})
+    assert sorted(os.listdir(where)) == sorted(os.path.basename(entry_path(where, k)) for k in (KEY, KEY + ("other",)))
+    os.unlink(entry_path(where, KEY + ("other",)))
+    assert lookup(where, KEY) == RECIPE  # the other entry's file is never needed
+
+
+def test_an_entry_of_another_key_under_this_name_misses(where, dep):
+    store(where, KEY + ("other",), deps_for(dep), RECIPE)
+    os.replace(entry_path(where, KEY + ("other",)), entry_path(where, KEY))  # as a hash collision would
+    assert lookup(where, KEY) is None
+
+
+@pytest.mark.parametrize("recipe", [
+    [1, 2], {"env": 5}, {"env": [["A"]]}, {"env": [[1, "x"]]}, {"env": [["A=B", "x"]]}, {"env": [["A", 3]]},
+    {"env": [], "pin": [1e400]}, {"env": [], "pin": [-1]}, {"env": [], "pin": [True]}, {"env": [], "pin": "0-1"},
+    {"env": [], "place": {"count": 0, "allowed": [0]}}, {"env": [], "place": {"count": 1, "allowed": []}},
+    {"env": [], "place": {"count": 1, "allowed": [0], "on_full": "never"}},
+    {"env": [], "verify": "loud"}, {"env": [], "bootstrap": 3}, {"env": [], "cpus": 0}, {"env": [], "notes": "x"},
+])
+def test_an_entry_with_a_recipe_of_the_wrong_shape_misses(where, dep, recipe):
+    store(where, KEY, deps_for(dep), recipe)
+    assert lookup(where, KEY) is None
 
 
 def test_touching_a_dependency_misses(where, dep):
@@ -95,45 +121,68 @@ def test_creating_a_previously_absent_candidate_misses(where, dep, tmp_path):
 @pytest.mark.parametrize("mode", [0o666, 0o620, 0o602, 0o622])
 def test_cache_writable_by_others_is_ignored(where, dep, mode):
     store(where, KEY, deps_for(dep), RECIPE)
-    os.chmod(where, mode)
+    os.chmod(entry_path(where, KEY), mode)
     assert lookup(where, KEY) is None
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o644, 0o400])
 def test_cache_readable_by_others_is_fine(where, dep, mode):
     store(where, KEY, deps_for(dep), RECIPE)
-    os.chmod(where, mode)
+    os.chmod(entry_path(where, KEY), mode)
     assert lookup(where, KEY) == RECIPE
 
 
-def test_cache_owned_by_another_user_is_ignored(where, dep, monkeypatch):
+def test_cache_owned_by_another_user_is_ignored(where, dep):
     store(where, KEY, deps_for(dep), RECIPE)
-    owner = os.stat(where).st_uid
-    if os.geteuid() == 0:
-        os.chown(where, owner + 1000, -1)
-    else:
-        monkeypatch.setattr(cache.os, "getuid", lambda: owner + 1000)
+    entry = entry_path(where, KEY)
+    owner = os.stat(entry).st_uid
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    os.chown(entry, owner + 1000, -1)
+    assert lookup(where, KEY) is None
+
+
+def test_a_cache_directory_another_user_can_write_is_not_written(where, dep):
+    os.makedirs(where)
+    os.chmod(where, 0o777)
+    store(where, KEY, deps_for(dep), RECIPE)
+    assert os.listdir(where) == []
+
+
+def test_a_fifo_entry_misses_without_blocking(where, dep):
+    os.makedirs(where)
+    os.mkfifo(entry_path(where, KEY), 0o600)
+    assert lookup(where, KEY) is None  # a blocking open would hang here
+
+
+def test_a_huge_entry_is_not_read(where, dep):
+    os.makedirs(where)
+    entry = entry_path(where, KEY)
+    with open(entry, "wb") as f:
+        f.truncate(3 << 30)  # sparse: 3 GB that take no space
+    os.chmod(entry, 0o600)
     assert lookup(where, KEY) is None
 
 
 def test_symlinked_cache_is_ignored(where, dep, tmp_path):
     store(where, KEY, deps_for(dep), RECIPE)
-    real = tmp_path / "real.marshal"
-    os.replace(where, real)
-    os.symlink(real, where)
+    entry = entry_path(where, KEY)
+    real = tmp_path / "real.plan"
+    os.replace(entry, real)
+    os.symlink(real, entry)
     assert lookup(where, KEY) is None
 
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"garbage\x00\xff", marshal.dumps([1, 2, 3]), marshal.dumps({KEY: "not a pair"}),
-     marshal.dumps({KEY: (1, 2, 3)}), marshal.dumps({KEY: (((1,),), "recipe")})[:-3]],
+    [b"", b"garbage\x00\xff", marshal.dumps([1, 2, 3]), marshal.dumps((FORMAT, KEY, "not a pair")),
+     marshal.dumps((FORMAT - 1, KEY, (), RECIPE)), marshal.dumps((FORMAT, KEY, (((1,),),), RECIPE))[:-3]],
 )
 def test_corrupt_cache_misses_without_raising(where, dep, content):
-    os.makedirs(os.path.dirname(where), exist_ok=True)
-    with open(where, "wb") as f:
+    os.makedirs(where, exist_ok=True)
+    with open(entry_path(where, KEY), "wb") as f:
         f.write(content)
-    os.chmod(where, 0o600)
+    os.chmod(entry_path(where, KEY), 0o600)
     assert lookup(where, KEY) is None
     # and storing over it works
     store(where, KEY, deps_for(dep), RECIPE)
@@ -145,10 +194,10 @@ def test_corrupt_cache_misses_without_raising(where, dep, content):
     [(("/x",),), 1, ((None, None),), ((1, None),), (("/x", None, 3),), ("ab",), (b"/x",)],
 )
 def test_bad_dependency_entry_misses_without_raising(where, depends):
-    os.makedirs(os.path.dirname(where), exist_ok=True)
-    with open(where, "wb") as f:
-        marshal.dump({KEY: (depends, RECIPE)}, f)
-    os.chmod(where, 0o600)
+    os.makedirs(where, exist_ok=True)
+    with open(entry_path(where, KEY), "wb") as f:
+        marshal.dump((FORMAT, KEY, depends, RECIPE), f)
+    os.chmod(entry_path(where, KEY), 0o600)
     try:
         result = lookup(where, KEY)
     except Exception as error:  # pragma: no cover - the failure being tested
@@ -159,7 +208,7 @@ def test_bad_dependency_entry_misses_without_raising(where, depends):
 def test_cache_directory_is_a_file_store_does_not_raise(tmp_path, dep):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    where = str(blocker / "tcap" / "plans.marshal")
+    where = str(blocker / "tcap" / DIRNAME)
     store(where, KEY, deps_for(dep), RECIPE)
     assert lookup(where, KEY) is None
 
@@ -177,9 +226,9 @@ def test_tcap_no_cache(tmp_path, value, enabled):
 
 def test_cache_file_location(tmp_path):
     home = {"HOME": str(tmp_path)}
-    assert cache_file(home) == os.path.join(str(tmp_path), ".cache", "tcap", FILENAME)
+    assert cache_file(home) == os.path.join(str(tmp_path), ".cache", "tcap", DIRNAME)
     xdg = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    assert cache_file(xdg) == os.path.join(str(tmp_path / "xdg"), "tcap", FILENAME)
+    assert cache_file(xdg) == os.path.join(str(tmp_path / "xdg"), "tcap", DIRNAME)
 
 
 def test_no_cache_end_to_end(tmp_path, dep):
@@ -191,24 +240,28 @@ def test_no_cache_end_to_end(tmp_path, dep):
 def test_max_entries_bound(where, dep):
     total = MAX_ENTRIES + 5
     for i in range(total):
-        store(where, ("k", i), deps_for(dep), ("recipe", i))
-    with open(where, "rb") as f:
-        entries = marshal.load(f)
-    assert len(entries) == MAX_ENTRIES
+        store(where, ("k", i), deps_for(dep), recipe(i))
+        os.utime(entry_path(where, ("k", i)), ns=(i * 10**9, i * 10**9))  # the order a coarse clock may blur
+    assert len(os.listdir(where)) == MAX_ENTRIES
     for i in range(5):
         assert lookup(where, ("k", i)) is None
     for i in range(5, total):
-        assert lookup(where, ("k", i)) == ("recipe", i)
+        assert lookup(where, ("k", i)) == recipe(i)
+
+
+def recipe(i: object) -> dict[str, object]:
+    return {"env": [["OMP_NUM_THREADS", str(i)]]}
 
 
 def test_restoring_a_key_makes_it_newest(where, dep):
     for i in range(MAX_ENTRIES):
-        store(where, ("k", i), deps_for(dep), ("recipe", i))
-    store(where, ("k", 0), deps_for(dep), ("recipe", "again"))
-    store(where, ("k", "new"), deps_for(dep), ("recipe", "new"))
-    assert lookup(where, ("k", 0)) == ("recipe", "again")
+        store(where, ("k", i), deps_for(dep), recipe(i))
+        os.utime(entry_path(where, ("k", i)), ns=(i * 10**9, i * 10**9))
+    store(where, ("k", 0), deps_for(dep), recipe("again"))
+    store(where, ("k", "new"), deps_for(dep), recipe("new"))
+    assert lookup(where, ("k", 0)) == recipe("again")
     assert lookup(where, ("k", 1)) is None
-    assert lookup(where, ("k", "new")) == ("recipe", "new")
+    assert lookup(where, ("k", "new")) == recipe("new")
 
 
 def test_signature(tmp_path):

@@ -51,3 +51,30 @@ def test_the_core_does_no_io_imports():
     for module, used in modules().items():
         if module in CORE:
             assert not used & SIDE_EFFECTS, f"{module} imports {used & SIDE_EFFECTS}"
+
+
+def test_no_import_circles():
+    """No module reaches itself through imports, lazy ones included: a
+    shared piece lives where both sides can import it."""
+    graph = modules()
+    names = set(graph)
+    edges = {module: {used for used in imports if used in names and used != module} - {"tcap"}
+             for module, imports in graph.items()}
+    circles = []
+    for start in sorted(edges):
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            module, path = stack.pop()
+            for used in edges[module]:
+                if used == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif used not in seen:
+                    seen.add(used)
+                    stack.append((used, [*path, used]))
+    assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
+
+
+def test_the_safe_file_layer_imports_nothing_of_tcap():
+    used = modules()["tcap.safefile"]
+    assert not {name for name in used if name == "tcap" or name.startswith("tcap.")}, used

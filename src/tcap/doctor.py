@@ -145,7 +145,8 @@ def hazards(
 def doctor(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, Any], int]:
     """The whole report as data, and the exit code (1: a hazard)."""
     from tcap import _inspect
-    from tcap.libraries import default_interpreter, store_dir
+    from tcap.cache import store_dir
+    from tcap.libraries import default_interpreter
 
     python = str(options.get("python") or default_interpreter(environ))
     _, facts = machine_facts(environ)

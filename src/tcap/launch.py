@@ -41,7 +41,7 @@ def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str
     the probe records native library facts under TCAP_LIBRARIES."""
     from importlib.util import find_spec
 
-    from tcap.libraries import store_dir
+    from tcap.cache import store_dir
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = find_spec("threadpoolctl")

@@ -13,15 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcap import _inspect
-from tcap.cache import cache_dir
+from tcap.cache import store_dir
 from tcap.errors import TcapError
 from tcap.launch import find_command
 from tcap.plan import Limit
-
-
-def store_dir(environ: Mapping[str, str]) -> str:
-    """``$XDG_CACHE_HOME/tcap/libraries`` (default ``~/.cache/tcap/libraries``)."""
-    return os.path.join(cache_dir(environ), "libraries")
 
 
 def store_file(environ: Mapping[str, str], interpreter: str) -> str:

@@ -115,6 +115,8 @@ def read_launcher_cpus(depth: int = 16) -> frozenset[int] | None:
     rank's binding), else the parent."""
     if not hasattr(os, "sched_getaffinity"):
         return None
+    from tcap.procfacts import proc_stat
+
     parent = pid = os.getppid()
     for _ in range(depth):
         found = proc_stat(pid)
@@ -312,18 +314,3 @@ def usable(machine: Machine, cpus: frozenset[int] | None) -> tuple[int, str]:
         reasons.append(f"Slurm {machine.slurm_source}={machine.slurm}")
         count = min(count, machine.slurm)
     return count, "; ".join(reasons)
-
-
-def proc_stat(pid: int) -> tuple[bytes, list[bytes]] | None:
-    """(command name, the fields after it) of ``/proc/PID/stat``, or None if
-    the process is gone. The name is in parentheses and may hold anything, so
-    the fields start after the last ``)``: state is ``fields[0]``, ppid
-    ``fields[1]``, utime/stime ``fields[11:13]``, threads ``fields[17]``,
-    start time ``fields[19]``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        end = data.rindex(b")")
-        return data[data.index(b"(") + 1 : end], data[end + 2 :].split()
-    except (OSError, ValueError):
-        return None

@@ -23,6 +23,21 @@ if TYPE_CHECKING:
     Tree = dict[int, tuple[int, int, float, bytes]]
 
 
+def proc_stat(pid: int) -> tuple[bytes, list[bytes]] | None:
+    """(command name, the fields after it) of ``/proc/PID/stat``, or None if
+    the process is gone. The name is in parentheses and may hold anything, so
+    the fields start after the last ``)``: state is ``fields[0]``, ppid
+    ``fields[1]``, utime/stime ``fields[11:13]``, threads ``fields[17]``,
+    start time ``fields[19]``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        end = data.rindex(b")")
+        return data[data.index(b"(") + 1 : end], data[end + 2 :].split()
+    except (OSError, ValueError):
+        return None
+
+
 class ProcBackend:
     """Linux's /proc, read directly."""
 
@@ -33,8 +48,6 @@ class ProcBackend:
 
     def tree(self, root: int) -> Tree:
         """``root`` and its descendants: pid -> (ppid, threads, CPU seconds, name)."""
-        from tcap.machine import proc_stat
-
         stats: Tree = {}
         try:
             names = os.listdir("/proc")
@@ -68,8 +81,6 @@ class ProcBackend:
     def start_time(self, pid: int) -> int | None:
         """When ``pid`` started (clock ticks since boot); None when it is gone
         or a zombie (dead, not yet collected by its parent)."""
-        from tcap.machine import proc_stat
-
         found = proc_stat(pid)
         if found is None:
             return None

@@ -26,20 +26,27 @@ This module is the bottom layer: it imports nothing of tcap's (the probe and
 Python 3.9 and PyPy.
 """
 
+from __future__ import annotations
+
 import errno
-import json
 import os
 import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from typing import Any
+
 
 class Refused(OSError):
     """A file tcap will not use, with the reason as one line (``strerror``)
     and the path (``filename``): a FIFO, another user's file, too large..."""
 
-    def __init__(self, path, reason, code=errno.EPERM):
+    def __init__(self, path: str, reason: str, code: int = errno.EPERM) -> None:
         super().__init__(code, reason, path)
 
 
-def _kind(mode):
+def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -51,7 +58,7 @@ def _kind(mode):
     return "not a regular file"
 
 
-def check(path, info, owners=None, private=False):
+def check(path: str, info: os.stat_result, owners: Collection[int] | None = None, private: bool = False) -> None:
     """Refuse ``info`` (an os.stat_result of ``path``) unless it is a regular
     file; with ``owners``, owned by one of those uids; with ``private``, not
     writable by group or others (else: not writable by others)."""
@@ -64,23 +71,24 @@ def check(path, info, owners=None, private=False):
         raise Refused(path, f"writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}); refusing it")
 
 
-def _owners_text(owners):
+def _owners_text(owners: Collection[int]) -> str:
     names = []
     for uid in sorted(owners):
         names.append("root" if uid == 0 else "you" if uid == _uid() else f"uid {uid}")
     return " or ".join(names)
 
 
-def _uid():
+def _uid() -> int:
     return os.getuid() if hasattr(os, "getuid") else -1
 
 
-def mine():
+def mine() -> frozenset[int]:
     """The owners a private file may have: this user (and root, for root)."""
     return frozenset((_uid(),))
 
 
-def read(path, limit, owners=None, private=False, follow=True, dir_fd=None):
+def read(path: str, limit: int, owners: Collection[int] | None = None, private: bool = False, follow: bool = True,
+         dir_fd: int | None = None) -> bytes:
     """The bytes of the regular file ``path``, at most ``limit`` of them.
 
     Raises :class:`Refused` (an OSError) for anything that is not a regular
@@ -124,14 +132,14 @@ def read(path, limit, owners=None, private=False, follow=True, dir_fd=None):
     return data
 
 
-def _size_text(limit):
+def _size_text(limit: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if limit >= 1 << shift and limit % (1 << shift) == 0:
             return f"{limit >> shift} {unit}"
     return f"{limit} bytes"
 
 
-def load_json(data):
+def load_json(data: bytes | str) -> Any:
     """Parse JSON ``data`` (bytes or text); raise ValueError with a short
     reason otherwise (nesting deeper than the interpreter's recursion limit,
     NaN and Infinity, numbers of thousands of digits, invalid text). The
@@ -142,6 +150,8 @@ def load_json(data):
             data = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise ValueError(f"not UTF-8 (byte {error.start + 1})") from None
+    import json  # not at the top: the launch path reads its cache entry without it
+
     try:
         value = json.loads(data, parse_constant=_no_constant)
     except RecursionError:  # the C decoder stops at the interpreter's recursion limit
@@ -149,11 +159,11 @@ def load_json(data):
     return value
 
 
-def _no_constant(name):
+def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number tcap takes")
 
 
-def number(value, low, high, integer=True):
+def number(value: Any, low: float, high: float, integer: bool = True) -> Any:
     """``value`` if it is a JSON number (not a boolean) from ``low`` to
     ``high`` (an int when ``integer``), else None: what a booking's CPU, a
     count or a time must pass before use."""
@@ -166,12 +176,13 @@ def number(value, low, high, integer=True):
     return value
 
 
-def read_json(path, limit, owners=None, private=False, follow=True, dir_fd=None):
+def read_json(path: str, limit: int, owners: Collection[int] | None = None, private: bool = False,
+              follow: bool = True, dir_fd: int | None = None) -> Any:
     """:func:`read` then :func:`load_json`: OSError or ValueError."""
     return load_json(read(path, limit, owners, private, follow, dir_fd))
 
 
-def write_atomic(path, data, mode=0o644):
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` (bytes) whole, or leave it as it was.
 
     The new file is created with ``O_EXCL`` in the same directory, written,
@@ -201,7 +212,7 @@ def write_atomic(path, data, mode=0o644):
         raise
 
 
-def _create_temporary(directory, stem, mode):
+def _create_temporary(directory: str, stem: str, mode: int) -> tuple[str, int]:
     import secrets
 
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -219,7 +230,7 @@ def _create_temporary(directory, stem, mode):
     raise OSError(errno.EEXIST, "could not create a temporary file", directory)
 
 
-def check_destination(path):
+def check_destination(path: str) -> None:
     """Refuse a destination that exists and is neither a regular file nor a
     symlink (which a rename replaces); raise OSError."""
     try:
@@ -230,7 +241,7 @@ def check_destination(path):
         raise Refused(path, f"{_kind(info.st_mode)}; refusing to replace it", errno.EEXIST)
 
 
-def check_writable(path):
+def check_writable(path: str) -> None:
     """Whether ``path`` can be written by :func:`write_atomic`, found out
     without touching it: its directory takes a new file (made and removed
     again), and the destination is not a directory or a FIFO. Raises OSError."""
@@ -241,7 +252,7 @@ def check_writable(path):
     os.unlink(name)
 
 
-def private_dir(path, create=True):
+def private_dir(path: str, create: bool = True) -> str:
     """``path`` as a directory of this user's that nobody else can write,
     created (mode 0700, parents too) if missing; raise :class:`Refused` when
     it is another user's, writable by others, or not a directory (a cache
@@ -262,7 +273,7 @@ def private_dir(path, create=True):
     return path
 
 
-def searchable(path):
+def searchable(path: str) -> tuple[str, str] | None:
     """None when every directory above ``path`` can be searched by this user,
     else (the first directory that cannot, the OS reason): a file that exists
     behind it cannot be told from one that does not."""
@@ -276,8 +287,6 @@ def searchable(path):
             return None
         except NotADirectoryError:
             return None
-        except PermissionError as failure:
-            return directory, failure.strerror
-        except OSError as failure:
-            return directory, failure.strerror
+        except OSError as failure:  # EACCES mostly; ELOOP, EIO too
+            return directory, failure.strerror or str(failure)
     return None
