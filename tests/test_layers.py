@@ -12,7 +12,7 @@ import tcap
 SOURCE = Path(tcap.__file__).parent
 #: Modules that only the layers above them may import.
 ABOVE = {
-    "tcap.cli": {"tcap.__main__"},
+    "tcap.cli": {"tcap.__main__", "tcap"},  # the console script, tcap:_entry
     "tcap.commands": {"tcap.cli"},
 }
 #: The pure core imports nothing that reads or launches.

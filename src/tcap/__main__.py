@@ -1,3 +1,3 @@
-from tcap.cli import main
+from tcap import _entry
 
-raise SystemExit(main())
+raise SystemExit(_entry())

@@ -99,13 +99,63 @@ def describe(pools):
     return list(facts.values())
 
 
+#: A facts file holds a few libraries per interpreter: far below this.
+MAX_FILE = 256 << 10
+MAX_LIBRARIES = 256
+#: fact key -> the types it may have (validated on every read: the store is
+#: input, and a wrong-typed entry must never break a launch).
+FIELDS = {
+    "filepath": (str,), "internal_api": (str, type(None)), "user_api": (str, type(None)),
+    "prefix": (str, type(None)), "version": (str, type(None)), "threading_layer": (str, type(None)),
+    "architecture": (str, type(None)), "owner": (str, type(None)), "config": (str, type(None)),
+}
+
+
+def _safefile():
+    """tcap's safe file layer: tcap's own module, or loaded by path beside
+    this file (inside another interpreter, where tcap may not be importable)."""
+    module = sys.modules.get("tcap.safefile") or sys.modules.get("_tcap_safefile")
+    if module is None:
+        from importlib.util import module_from_spec, spec_from_file_location
+
+        spec = spec_from_file_location("_tcap_safefile", os.path.join(os.path.dirname(__file__), "safefile.py"))
+        module = module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["_tcap_safefile"] = module
+    return module
+
+
+def valid_fact(fact):
+    """Whether ``fact`` has the shape tcap relies on (types and ranges)."""
+    if not isinstance(fact, dict):
+        return False
+    for key, types in FIELDS.items():
+        if key in fact and not isinstance(fact[key], types):
+            return False
+    if not isinstance(fact.get("filepath"), str) or len(fact["filepath"]) > 4096:
+        return False
+    number = _safefile().number
+    for key in ("size", "mtime_ns"):
+        if number(fact.get(key), 0, 1 << 63) is None:
+            return False
+    limit = fact.get("max_threads")
+    return limit is None or number(limit, 1, 1 << 13) is not None
+
+
 def read(path):
+    """The interpreter's facts file, or None: only a regular file of this
+    user's that nobody else can write (a store under a shared cache
+    directory cannot be planted by another user), no larger than MAX_FILE,
+    never through a symlink; facts of the wrong shape are dropped."""
+    safefile = _safefile()
     try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+        data = safefile.read_json(path, MAX_FILE, owners=safefile.mine(), private=True, follow=False)
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("libraries"), list):
+        return None
+    data["libraries"] = [fact for fact in data["libraries"][:MAX_LIBRARIES] if valid_fact(fact)]
+    return data
 
 
 def current(fact):
@@ -180,14 +230,11 @@ def record(directory, executable, facts):
     merged = {f["filepath"]: f for f in data.get("libraries", []) if isinstance(f, dict) and current(f)}
     for fact in facts:
         merged[fact["filepath"]] = fact
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     out = {"format": FORMAT, "prefix": interpreter_prefix(executable), "executable": executable,
            "libraries": sorted(merged.values(), key=lambda f: f["filepath"])}
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(temporary, path)
+    safefile = _safefile()
+    safefile.private_dir(directory)  # never into a directory another user owns or can write
+    safefile.write_atomic(path, json.dumps(out, indent=1).encode(), 0o600)
     return path
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tcap.errors import EXIT_INTERNAL, EXIT_IO, TcapError
+from tcap.errors import EXIT_INTERNAL, EXIT_IO, TcapError, one_line
 from tcap.grammar import COMMANDS, KERNEL_COMMANDS
 
 TYPE_CHECKING = False
@@ -207,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk or a failing pipe shows here, not at interpreter exit
         return result
     except TcapError as error:
-        # One line, whatever a path in the message contains.
-        sys.stderr.write(f"tcap: error: {str(error).replace(chr(10), chr(92) + 'n')}\n")
+        # One line, whatever a path or a profile's text in the message holds.
+        sys.stderr.write(f"tcap: error: {one_line(str(error))}\n")
         return error.code
     except KeyboardInterrupt:
         return 130
@@ -216,9 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except OSError as error:
-        where = error.filename if error.filename is not None else "standard output"
+        where = error.filename
+        if where is None:
+            try:
+                os.getcwd()
+                where = "standard output"
+            except OSError:  # os.path.abspath and friends fail without one
+                sys.stderr.write("tcap: error: the current directory no longer exists (cd to another one)\n")
+                return EXIT_IO
         _silence_stdout()
-        sys.stderr.write(f"tcap: error: I/O error on {where}: {error.strerror or error}\n")
+        sys.stderr.write(f"tcap: error: I/O error on {one_line(str(where))}: {error.strerror or error}\n")
         return EXIT_IO
     except Exception as error:  # anything else is a bug in tcap: say so briefly
         if os.environ.get("TCAP_DEBUG"):

@@ -29,6 +29,10 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
     ``--report``/``--report-json``/``verify = strict``, run it supervised)."""
     if not command:
         raise TcapError("tcap run: missing the command to run (tcap run [options] -- COMMAND ...)")
+    if not command[0]:
+        from tcap.errors import EXIT_NOT_FOUND
+
+        raise TcapError("command not found: '' (an empty command name)", code=EXIT_NOT_FOUND)
     if options.get("plan"):
         recipe = frozen_recipe(options)
     elif options.get("dry_run"):
@@ -106,6 +110,12 @@ def env(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str])
         if options.get("shell"):
             raise TcapError(f"tcap env: --shell must be one of {', '.join(SHELLS)}, not {shell!r}")
         shell = "sh"
+    from tcap.profiles import special_problem
+
+    for item in options.get("set", []):  # [env] names are checked where the profile is read
+        problem = special_problem(item.partition("=")[0])
+        if problem:
+            raise TcapError(f"--set {render.printable(item[:60])}: {problem}")
     plan = build_plan(options, environ)[0]
     sys.stdout.write(render.env_script(plan, shell))
     return 0
@@ -189,25 +199,54 @@ def _shell_of(options: Mapping[str, Any], environ: Mapping[str, str], given: str
 
 def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: str) -> str:
     """One alias (fish: function) per profile: the named ones, or every
-    valid profile on the search path."""
+    profile on the search path.
+
+    Alias names are checked (``tcap.profiles.ALIAS_RE``) before anything is
+    printed. Asked for by name (``-p``), a profile that cannot have an alias
+    (a file stem no shell word can be, a broken file) is an error and
+    nothing is printed; making aliases for every profile (a login shell's
+    ``shell-init``), such a profile gets none and one note on stderr, and
+    the others still get theirs."""
     import datetime
     import shutil
 
-    from tcap.profiles import list_profiles, load
-    from tcap.shell import alias_name, dynamic_alias, static_alias
+    from tcap.profiles import ALIAS_CHARS, Profile, list_profiles, load
+    from tcap.render import printable
+    from tcap.shell import alias_name, dynamic_alias, static_alias, valid_alias
 
     names: list[str] = list(options.get("profiles") or [])
-    if not names:
-        names = list(dict.fromkeys(item.name for item in list_profiles(environ) if item.error is None))
+    every = not names
+
+    def skip(why: str) -> None:
+        sys.stderr.write(f"tcap: note: no alias: {printable(why)}\n")
+
+    if every:
+        for item in list_profiles(environ):
+            if item.shadowed_by is not None:
+                continue  # -p NAME finds the first of that name
+            if item.error is not None:
+                skip(item.error)
+            else:
+                names.append(item.name)
     tcap = self_command()
     taskset = shutil.which("taskset", path=environ.get("PATH"))
     blocks: list[str] = []
     seen: dict[str, str] = {}
     for name in names:
-        profile = load(name, environ)  # a missing or broken profile is an error, before anything is printed
-        alias = alias_name(profile.name, profile.alias)
-        if alias in seen:
-            raise TcapError(f"alias {alias!r} is asked for by both profile {seen[alias]!r} and {profile.name!r}")
+        try:
+            profile: Profile = load(name, environ)  # with -p: an error before anything is printed
+            alias = alias_name(profile.name, profile.alias)
+            if not valid_alias(alias):
+                raise TcapError(
+                    f"{alias!r} is not a valid alias name ({ALIAS_CHARS}): give the profile an alias = \"...\" "
+                    "or rename the file", path=profile.path)
+            if alias in seen:
+                raise TcapError(f"alias {alias!r} is asked for by both profile {seen[alias]!r} and {profile.name!r}")
+        except TcapError as error:
+            if not every:
+                raise
+            skip(str(error))
+            continue
         seen[alias] = profile.name
         if not options.get("static"):
             blocks.append(dynamic_alias(alias, tcap, name, shell))
@@ -224,7 +263,7 @@ def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: 
         import socket
 
         header = (
-            f"{alias}: static alias of profile {profile.name} ({profile.path}), resolved on "
+            f"{alias}: static alias of profile {printable(profile.name)} ({printable(profile.path)}), resolved on "
             f"{socket.gethostname()} on {datetime.date.today().isoformat()} for {plan.cpus} usable CPUs.\n"
             "It goes stale when the profile, the site policy or the machine changes: run "
             "`tcap alias --static` again then."
@@ -263,7 +302,9 @@ def shell_init(options: Mapping[str, Any], rest: list[str], environ: Mapping[str
 
 
 def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
-    """``tcap bookings``: the CPUs live tcap launches hold (auto placement)."""
+    """``tcap bookings``: the CPUs live tcap launches hold (auto placement).
+    PID lists the booking's live processes (a supervised run: tcap, then its
+    command); ``--json`` adds each booking's file name."""
     import json
     import pwd
 
@@ -274,7 +315,7 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
     for item in found:
         try:
             item["user"] = pwd.getpwuid(item["uid"]).pw_name
-        except KeyError:
+        except (KeyError, OverflowError):
             item["user"] = str(item["uid"])
     if options.get("json"):
         sys.stdout.write(json.dumps({"directory": bookings_dir(environ), "bookings": found}, indent=2) + "\n")
@@ -283,8 +324,9 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
         sys.stdout.write(f"no live CPU bookings in {bookings_dir(environ)}\n")
         return 0
     sys.stdout.write(f"{'PID':<8} {'USER':<12} CPUS\n")
-    for item in sorted(found, key=lambda item: item["pid"]):
-        sys.stdout.write(f"{item['pid']:<8} {item['user']:<12} {format_cpu_list(item['cpus'])}\n")
+    for item in sorted(found, key=lambda item: (item["pid"], item["file"])):
+        pids = ",".join(str(pid) for pid in item["pids"])
+        sys.stdout.write(f"{pids:<8} {item['user']:<12} {format_cpu_list(item['cpus'])}\n")
     return 0
 
 

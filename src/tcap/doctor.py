@@ -8,7 +8,6 @@ are recorded, so later plans for that interpreter respect the limits.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Mapping
@@ -21,6 +20,8 @@ from tcap.recipe import THREAD_VARIABLES, build_plan
 
 #: Seconds the child may take to import the numeric stack.
 CHILD_TIMEOUT = 120
+#: The answer of _inspect.py is one JSON line of a few kilobytes.
+MAX_ANSWER = 1 << 20
 
 
 def machine_facts(environ: Mapping[str, str]) -> tuple[Machine, dict[str, Any]]:
@@ -64,15 +65,38 @@ def inspect_python(python: str, environ: Mapping[str, str]) -> dict[str, Any]:
         raise TcapError(f"tcap doctor: cannot run {python}: {error.strerror}") from None
     except subprocess.TimeoutExpired:
         raise TcapError(f"tcap doctor: {python} took over {CHILD_TIMEOUT} s to load its libraries") from None
+    from tcap import safefile
+
     lines = done.stdout.strip().splitlines()
-    try:
-        data = json.loads(lines[-1]) if lines else None
+    try:  # another interpreter's answer is input: bounded, then every field checked
+        data = safefile.load_json(lines[-1]) if lines and len(lines[-1]) <= MAX_ANSWER else None
     except ValueError:
         data = None
+    if isinstance(data, dict):
+        data = _checked_answer(data)
     if done.returncode != 0 or not isinstance(data, dict):
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise TcapError(f"tcap doctor: {python} could not list its native libraries (is it a Python?): {last}")
     return data
+
+
+def _checked_answer(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of an _inspect.py answer tcap uses, each of its type (the
+    libraries of the wrong shape dropped), or None when it is not one."""
+    from tcap import _inspect
+
+    def strings(value: Any) -> list[str]:
+        return [item for item in value if isinstance(item, str)][:64] if isinstance(value, list) else []
+
+    libraries = data.get("libraries")
+    if not isinstance(libraries, list):
+        return None
+    return {
+        "python": data["python"] if isinstance(data.get("python"), str) else None,
+        "imported": strings(data.get("imported")),
+        "missing": strings(data.get("missing")),
+        "libraries": [lib for lib in libraries[:_inspect.MAX_LIBRARIES] if _inspect.valid_fact(lib)],  # type: ignore[no-untyped-call]
+    }
 
 
 def hazards(
@@ -151,14 +175,14 @@ def doctor(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[dict
     python = str(options.get("python") or default_interpreter(environ))
     _, facts = machine_facts(environ)
     child = inspect_python(python, environ)
-    libraries = [lib for lib in child.get("libraries", []) if isinstance(lib, dict)]
+    libraries = list(child["libraries"])
     libraries.sort(key=lambda lib: (str(lib.get("user_api")), str(lib.get("owner")), str(lib.get("filepath"))))
     recorded = None
     if libraries:
         try:
             recorded = _inspect.record(store_dir(environ), python, libraries)  # type: ignore[no-untyped-call]
-        except OSError as error:
-            recorded = f"not recorded: {error.strerror}"
+        except OSError as error:  # a full disk, a cache directory another user owns
+            recorded = f"not recorded: {error.strerror}" + (f" ({error.filename})" if error.filename else "")
     found, notes = hazards(facts, libraries, list(child.get("imported", [])), python, environ)
     plan = build_plan({**options, "python": python}, environ)[0]
     report = {

@@ -47,3 +47,18 @@ class TcapError(Exception):
         if self.path is not None:
             where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
         return where + self.message
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (newline as ``\\n``, CR
+    as ``\\r``, ESC as ``\\x1b``...): a message tcap prints is one line, and
+    a file name or a profile's text can neither forge nor hide tcap's lines."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() or char == "\t":
+            out.append(char)
+        else:
+            out.append({"\n": "\\n", "\r": "\\r"}.get(char) or repr(char)[1:-1])
+    return "".join(out)

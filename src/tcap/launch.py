@@ -137,8 +137,15 @@ def _candidates(command: str, environ: Mapping[str, str]) -> list[str]:
 
 
 def exec_error(command: str, error: OSError) -> TcapError:
-    """Map a failed exec to env(1)'s exit codes with a hint."""
-    if error.errno == errno.ENOENT:
+    """Map a failed exec to env(1)'s exit codes with a hint: 127 when there is
+    no such command, 126 when it was found but cannot be run (whatever the
+    reason: permissions, format, a missing #! interpreter, a symlink loop, a
+    name or arguments too long, a program being written)."""
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        interpreter = _missing_interpreter(command)
+        if interpreter is not None:
+            return TcapError(f"cannot execute {command}: its #! line names {interpreter}, which does not exist",
+                             code=EXIT_NOT_EXECUTABLE)
         hint = "" if "/" in command else " (not on PATH)"
         return TcapError(f"command not found: {command}{hint}", code=EXIT_NOT_FOUND)
     if error.errno in (errno.EACCES, errno.EPERM):
@@ -147,21 +154,64 @@ def exec_error(command: str, error: OSError) -> TcapError:
         return TcapError(f"cannot execute {command}: exec format error (missing #! line?)", code=EXIT_NOT_EXECUTABLE)
     if error.errno == errno.EISDIR:
         return TcapError(f"cannot execute {command}: is a directory", code=EXIT_NOT_EXECUTABLE)
-    return TcapError(f"cannot execute {command}: {error.strerror}", code=EXIT_INTERNAL)
+    if error.errno == errno.E2BIG:
+        return TcapError(f"cannot execute {command}: the arguments and environment are too long for the system",
+                         code=EXIT_NOT_EXECUTABLE)
+    reason = error.strerror or str(error)
+    return TcapError(f"cannot execute {command}: {reason}", code=EXIT_NOT_EXECUTABLE)
+
+
+def _missing_interpreter(command: str) -> str | None:
+    """The interpreter a script's ``#!`` line names when the script exists
+    but that interpreter does not (exec says ENOENT for both)."""
+    if "/" not in command:
+        return None
+    try:
+        fd = os.open(command, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        first = os.read(fd, 256).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    words = first[2:].split() if first.startswith(b"#!") else []
+    if not words or os.path.exists(words[0]):
+        return None
+    return words[0].decode(errors="replace")
 
 
 def find_command(command: str, environ: Mapping[str, str]) -> str:
-    """Where ``command`` would be found, as exec would search (for --dry-run)."""
+    """Where ``command`` would be found, as exec would search (for --dry-run,
+    and before a supervised child starts): the same exit codes as exec."""
+    import stat
+
+    if not command:
+        raise exec_error(command, OSError(errno.ENOENT, "not found"))
     denied = None
     for candidate in _candidates(command, environ):
-        if os.path.isdir(candidate):
+        try:
+            info = os.stat(candidate)
+        except OSError as failure:
+            if "/" in command and failure.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise exec_error(command, failure) from None  # a symlink loop, a name too long
+            continue
+        if stat.S_ISDIR(info.st_mode):
             if "/" in command:
                 raise exec_error(command, OSError(errno.EISDIR, "is a directory"))
             continue
-        if os.path.exists(candidate):
-            if os.access(candidate, os.X_OK):
-                return candidate
-            denied = candidate
+        if os.access(candidate, os.X_OK):
+            if "/" in command:
+                interpreter = _missing_interpreter(candidate)
+                if interpreter is not None:
+                    raise exec_error(command, OSError(errno.ENOENT, "bad interpreter"))
+            return candidate
+        denied = candidate
     if denied is not None:
         raise exec_error(command, OSError(errno.EACCES, "permission denied"))
     raise exec_error(command, OSError(errno.ENOENT, "not found"))

@@ -8,6 +8,7 @@ facts, recorded library limits) that ``tcap.plan.resolve`` must not.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -188,17 +189,24 @@ def frozen_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
     given = list(dict.fromkeys(plan_flags(options)[0::2]))
     if given:
         raise TcapError(f"tcap run: --plan cannot be combined with {', '.join(given)}")
-    import json
+    from tcap import safefile
+    from tcap.bounds import MAX_FILE
+    from tcap.cache import recipe_problem
+    from tcap.errors import EXIT_IO
 
     try:
-        with open(path) as f:
-            recipe = json.load(f)["recipe"]
-        if not isinstance(recipe.get("env"), list):
-            raise ValueError("no env list")
+        data = safefile.load_json(safefile.read(path, MAX_FILE))
+    except safefile.Refused as refused:
+        raise TcapError(f"cannot use frozen plan: {refused.strerror}", path=path) from None
     except OSError as failure:
-        raise TcapError(f"cannot read frozen plan: {failure.strerror}", path=path) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as failure:
-        raise TcapError(f"not a frozen tcap plan: {failure}", path=path) from None
+        code = EXIT_IO if failure.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP) else 2
+        raise TcapError(f"cannot read frozen plan: {failure.strerror}", path=path, code=code) from None
+    except ValueError as failure:
+        raise TcapError(f"not a frozen tcap plan (JSON: {failure})", path=path) from None
+    recipe: dict[str, Any] = data.get("recipe") if isinstance(data, dict) else None  # type: ignore[assignment]
+    problem = "no recipe table" if recipe is None else recipe_problem(recipe)
+    if problem is not None:
+        raise TcapError(f"not a frozen tcap plan (recipe: {problem})", path=path)
     bootstrap = recipe.get("bootstrap")
     if bootstrap and not os.path.isdir(bootstrap):
         sys.stderr.write(
