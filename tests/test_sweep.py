@@ -256,6 +256,22 @@ def test_save_refuses_a_hand_written_profile_before_any_run(iso: Isolated) -> No
     assert not (iso.work / "ran").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink to a FIFO"])
+def test_save_onto_something_not_a_profile_exits_2_before_any_run(iso: Isolated, kind: str) -> None:
+    path = iso.user_profiles / "fit.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(iso.work / "fifo")
+        path.symlink_to(iso.work / "fifo")
+    (iso.work / "prog.py").write_text("open('ran', 'a').close()\n")
+    result = iso.run("sweep", "--threads", "1", "--save", "fit", "--", PYTHON, "prog.py", timeout=30)
+    assert str(path) in iso.error_line(result, 2)
+    assert not (iso.work / "ran").exists()
+
+
 @pytest.mark.parametrize("name", ["bad/name", "../up", ".hidden", "white space"])
 def test_save_invalid_name_exits_2_before_any_run(iso: Isolated, name: str) -> None:
     (iso.work / "prog.py").write_text("open('ran', 'a').close()\n")

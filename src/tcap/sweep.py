@@ -234,10 +234,17 @@ def saved_profile_path(name: str, environ: Mapping[str, str]) -> str:
         raise TcapError(f"tcap sweep: --save {name!r}: invalid profile name (letters, digits, '.', '_', '-')")
     directory = dict((label, d) for label, d in search_path(environ))["user"]
     path = os.path.join(directory, name + ".toml")
-    if os.path.exists(path):
-        with open(path, errors="replace") as f:
-            if not f.readline().startswith(SAVED_MARK):
+    from tcap import safefile
+    from tcap.bounds import MAX_FILE
+
+    try:  # checked before the sweep starts: a FIFO, a directory, another program's file
+        safefile.check_destination(path)
+        if os.path.lexists(path):
+            first = safefile.read(path, MAX_FILE).decode(errors="replace").partition("\n")[0]
+            if not first.startswith(SAVED_MARK):
                 raise TcapError(f"tcap sweep: --save {name}: {path} exists and was not written by tcap sweep")
+    except OSError as failure:
+        raise TcapError(f"tcap sweep: --save {name}: cannot replace it: {failure.strerror}", path=path) from None
     return path
 
 
@@ -339,11 +346,15 @@ def run_sweep(options: Mapping[str, Any], command: Sequence[str], environ: Mappi
         why = "the sweep was interrupted" if interrupted else "no configuration succeeded"
         sys.stderr.write(f"tcap sweep: not saving profile {options['save']}: {why}\n")
     if ranked and save_path and not interrupted:
-        os.makedirs(os.path.dirname(save_path), exist_ok=True)
-        temporary = f"{save_path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as f:
-            f.write(profile_text(base, ranked[0], ranked, verdict, command))
-        os.replace(temporary, save_path)
+        from tcap import safefile
+        from tcap.errors import EXIT_IO
+
+        try:
+            os.makedirs(os.path.dirname(save_path), exist_ok=True)
+            safefile.write_atomic(save_path, profile_text(base, ranked[0], ranked, verdict, command).encode())
+        except OSError as failure:
+            raise TcapError(f"tcap sweep: cannot save profile {options['save']}: {failure.strerror}",
+                            path=save_path, code=EXIT_IO) from None
         sys.stderr.write(f"tcap sweep: saved the winner as profile {options['save']} ({save_path})\n")
     if plot is not None and any(r.ok for r in results):
         plot(results, ranked, options["plot"], command)
