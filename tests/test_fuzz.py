@@ -247,3 +247,109 @@ def test_tcap_run_starts_the_command_or_nothing(fz: Isolated, text: bytes, flags
         assert not marker.exists()
     leftovers = [p.name for p in fz.cache.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
     assert not leftovers
+
+
+# -- State files tcap reads: cache entries, library facts, frozen plans, doctor answers.
+# Each generated from a valid file with one field replaced, removed or added (or
+# from scratch); the contract: the launch is right or refused with one line.
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from([10**400, -(2**63), 2**64]),
+              st.floats(allow_nan=False), odd_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(odd_text, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, valid: object) -> object:
+    """``valid`` with one value somewhere in it replaced, removed or added."""
+    def walk(value: object, depth: int) -> object:
+        if isinstance(value, dict) and value and draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(value, key=str)))
+            action = draw(st.sampled_from(["replace", "remove", "descend", "descend"]))
+            if action == "remove":
+                return {k: v for k, v in value.items() if k != key}
+            if action == "replace" or depth > 4:
+                return {**value, key: draw(json_values)}
+            return {**value, key: walk(value[key], depth + 1)}
+        if isinstance(value, list) and value and draw(st.booleans()):
+            index = draw(st.integers(0, len(value) - 1))
+            copy = list(value)
+            copy[index] = walk(copy[index], depth + 1) if draw(st.booleans()) and depth <= 4 else draw(json_values)
+            return copy
+        return draw(json_values)
+    return walk(valid, 0)
+
+
+VALID_RECIPE = {"env": [["OMP_NUM_THREADS", "2"], ["MKL_NUM_THREADS", None]], "pin": [0], "place": None,
+                "verify": "off", "bootstrap": None, "cpus": 1, "rank": None, "notes": ["a note"]}
+
+
+@FUZZ
+@given(recipe=st.one_of(mutated(VALID_RECIPE), json_values))
+def test_frozen_plan_files(fz: Isolated, recipe: object):
+    plan = fz.work / "plan.json"
+    plan.write_text(json.dumps({"recipe": recipe}))
+    code, out, err = call(fz, ["run", "--plan", str(plan), "--dry-run", "--", "true"])
+    if code != 0:
+        assert code == 2, (code, err)
+        assert err.count("\n") == 1 and err.startswith("tcap: error: "), err
+        assert "internal error" not in err
+
+
+@FUZZ
+@given(recipe=st.one_of(mutated(VALID_RECIPE), json_values))
+def test_plan_cache_entries(fz: Isolated, recipe: object):
+    """A cache entry of any shape under the right key: a hit only when it is
+    a launch recipe, else a miss; never an exception."""
+    from tcap.cache import lookup, recipe_problem, store
+
+    where = str(fz.cache / "tcap" / "plans")
+    key = ("fz", 1)
+    store(where, key, [], recipe)
+    found = lookup(where, key)
+    assert found is None or (found == recipe and recipe_problem(found) is None)
+
+
+def _python_fact() -> dict[str, object]:
+    info = os.stat(PYTHON)
+    return {"internal_api": "openblas", "user_api": "blas", "prefix": "libopenblas", "filepath": PYTHON,
+            "version": "0.3.31", "size": info.st_size, "mtime_ns": info.st_mtime_ns, "owner": "numpy",
+            "config": "OpenBLAS 0.3.31 MAX_THREADS=64", "max_threads": 64, "threading_layer": "pthreads",
+            "architecture": "Haswell"}
+
+
+@FUZZ
+@given(data=st.data())
+def test_library_facts_entries(fz: Isolated, data: st.DataObject):
+    """The interpreter's facts file with any one field damaged: the plan
+    resolves within the ceilings (a limit is honoured only when valid)."""
+    from tcap._inspect import store_file
+
+    valid = {"format": 1, "prefix": "/x", "executable": PYTHON, "libraries": [_python_fact()]}
+    facts = data.draw(st.one_of(mutated(valid), json_values))
+    path = Path(store_file(str(fz.cache / "tcap" / "libraries"), PYTHON))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps(facts))
+    path.chmod(0o600)
+    code, out, err = call(fz, ["show", "--json", "--python", PYTHON])
+    check_contract(code, out, err)
+
+
+@FUZZ
+@given(data=st.data())
+def test_doctor_answers(data: st.DataObject):
+    """What another interpreter's _inspect.py prints, damaged: checked into
+    the fields tcap uses, or refused; the hazards then never raise."""
+    from tcap.doctor import _checked_answer, hazards
+
+    valid = {"executable": PYTHON, "prefix": "/x", "python": "3.11.7", "imported": ["numpy"], "missing": [],
+             "threads": {PYTHON: 2}, "affinity": 2, "libraries": [_python_fact()]}
+    answer = data.draw(st.one_of(mutated(valid), json_values))
+    checked = _checked_answer(answer) if isinstance(answer, dict) else None
+    if checked is None:
+        return
+    facts = {"usable": 2, "affinity_count": 2, "online": 2, "quota": None, "slurm": None}
+    found, notes = hazards(facts, checked["libraries"], checked["imported"], PYTHON, {})
+    assert all(isinstance(item["what"], str) for item in found)
