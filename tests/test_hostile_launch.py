@@ -66,6 +66,16 @@ def test_a_name_too_long_is_126(iso: Isolated, report: bool) -> None:
     assert "too long" in line
 
 
+@pytest.mark.parametrize("report", [False, True], ids=["exec", "supervised"])
+def test_an_executable_fifo_is_126_without_blocking(iso: Isolated, work: Path, report: bool) -> None:
+    """Reading its #! line (which interpreter the launch starts) must not
+    open the FIFO and wait for a writer."""
+    fifo = work / "prog.py"
+    os.mkfifo(fifo, 0o755)
+    line = iso.error_line(iso.run("run", *(["--report"] if report else []), "--", "./prog.py", timeout=HANG), 126)
+    assert "a FIFO, not a program" in line
+
+
 def test_a_program_being_written_is_126(iso: Isolated, work: Path) -> None:
     program = work / "busy"
     shutil.copy("/bin/true", program)

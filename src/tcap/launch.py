@@ -149,6 +149,9 @@ def exec_error(command: str, error: OSError) -> TcapError:
         hint = "" if "/" in command else " (not on PATH)"
         return TcapError(f"command not found: {command}{hint}", code=EXIT_NOT_FOUND)
     if error.errno in (errno.EACCES, errno.EPERM):
+        kind = _not_a_program(command)
+        if kind:
+            return TcapError(f"cannot execute {command}: {kind}, not a program", code=EXIT_NOT_EXECUTABLE)
         return TcapError(f"permission denied: {command} (is it executable?)", code=EXIT_NOT_EXECUTABLE)
     if error.errno == errno.ENOEXEC:
         return TcapError(f"cannot execute {command}: exec format error (missing #! line?)", code=EXIT_NOT_EXECUTABLE)
@@ -161,25 +164,31 @@ def exec_error(command: str, error: OSError) -> TcapError:
     return TcapError(f"cannot execute {command}: {reason}", code=EXIT_NOT_EXECUTABLE)
 
 
+def _not_a_program(command: str) -> str | None:
+    """"a FIFO" (a device, a socket) when ``command`` is one: exec refuses
+    those with EACCES, which would read as a permission problem."""
+    import stat
+
+    try:
+        mode = os.stat(command).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 def _missing_interpreter(command: str) -> str | None:
     """The interpreter a script's ``#!`` line names when the script exists
     but that interpreter does not (exec says ENOENT for both)."""
     if "/" not in command:
         return None
-    try:
-        fd = os.open(command, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        import stat
+    from tcap import safefile
 
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        first = os.read(fd, 256).split(b"\n", 1)[0]
+    try:
+        first = safefile.head(command, 256).split(b"\n", 1)[0]
     except OSError:
         return None
-    finally:
-        os.close(fd)
     words = first[2:].split() if first.startswith(b"#!") else []
     if not words or os.path.exists(words[0]):
         return None

@@ -33,9 +33,10 @@ def interpreter_of(command: Sequence[str], environ: Mapping[str, str]) -> str | 
         return None
     if _is_python(found):
         return found
-    try:
-        with open(found, "rb") as f:
-            first = f.read(256).split(b"\n", 1)[0]
+    from tcap import safefile
+
+    try:  # never blocks: a FIFO with an execute bit is refused, not opened
+        first = safefile.head(found, 256).split(b"\n", 1)[0]
     except OSError:
         return None
     if not first.startswith(b"#!"):

@@ -132,6 +132,19 @@ def read(path: str, limit: int, owners: Collection[int] | None = None, private: 
     return data
 
 
+def head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of the regular file ``path`` (a script's
+    ``#!`` line): opened without blocking, anything else refused (OSError)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    check(path, os.stat(path))
+    fd = os.open(path, flags)
+    try:
+        check(path, os.fstat(fd))
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _size_text(limit: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if limit >= 1 << shift and limit % (1 << shift) == 0:
