@@ -286,11 +286,19 @@ def read_cores(allowed: frozenset[int], root: str = "/") -> dict[int, tuple[int,
 
 
 def _read(directory: str, name: str) -> str | None:
+    """A small kernel file (/proc, /sys, or a described machine's copy):
+    opened without blocking and read no further than 64 KiB, so a FIFO or a
+    huge file under TCAP_SYSROOT cannot hang or bloat a launch."""
     try:
-        with open(os.path.join(directory, name), "rb") as f:
-            return f.read().decode("ascii", "replace").strip()
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        return os.read(fd, 1 << 16).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def usable(machine: Machine, cpus: frozenset[int] | None) -> tuple[int, str]:
