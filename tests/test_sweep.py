@@ -541,6 +541,26 @@ def test_plot_writes_an_image(iso: Isolated) -> None:
     assert (width, height) == (800, 180), (width, height)
 
 
+def test_plot_replaces_a_planted_symlink_instead_of_following_it(iso: Isolated) -> None:
+    pytest.importorskip("matplotlib")
+    victim = iso.root / "victim.txt"
+    victim.write_text("someone's file\n")
+    (iso.work / "out.png").symlink_to(victim)
+    result = sweep(iso, "--threads", "1", "--repeat", "1", "--plot", "out.png", program=SLEEPY)
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "someone's file\n"
+    assert not (iso.work / "out.png").is_symlink()
+    assert (iso.work / "out.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_into_a_missing_directory_exits_74_before_any_run(iso: Isolated) -> None:
+    pytest.importorskip("matplotlib")
+    (iso.work / "prog.py").write_text("open('ran', 'a').close()\n")
+    result = iso.run("sweep", "--threads", "1", "--plot", "nowhere/out.png", "--", PYTHON, "prog.py", timeout=60)
+    assert "--plot" in iso.error_line(result, 74)
+    assert not (iso.work / "ran").exists()
+
+
 # -- several dimensions -------------------------------------------------------------
 
 

@@ -298,6 +298,15 @@ def run_sweep(options: Mapping[str, Any], command: Sequence[str], environ: Mappi
         build_plan({"profile": base, "set": [], **config}, environ)
     save_path = saved_profile_path(options["save"], environ) if options.get("save") else None
     plot = _plotter() if options.get("plot") else None
+    if plot is not None:
+        from tcap import safefile
+        from tcap.errors import EXIT_IO
+
+        try:  # before anything runs: a sweep takes minutes
+            safefile.check_writable(options["plot"])
+        except OSError as failure:
+            raise TcapError(f"tcap sweep: cannot write --plot: {failure.strerror}", path=options["plot"],
+                            code=EXIT_IO) from None
     results = [Result(config) for config in configs]
     rng = random.Random(0)
     tcap = self_command()
@@ -385,7 +394,17 @@ def _plotter() -> Any:
         axes.set_xlabel("wall time, s (median, min-max)")
         axes.set_title(" ".join(command)[:80], fontsize=9)
         figure.tight_layout()
-        figure.savefig(path)
+        import io
+
+        from tcap import safefile
+        from tcap.errors import EXIT_IO
+
+        image = io.BytesIO()
+        figure.savefig(image, format=os.path.splitext(path)[1][1:].lower() or "png")
         plt.close(figure)
+        try:  # never through a symlink planted at the destination, never a half-written file
+            safefile.write_atomic(path, image.getvalue())
+        except OSError as failure:
+            raise TcapError(f"tcap sweep: cannot write --plot: {failure.strerror}", path=path, code=EXIT_IO) from None
 
     return draw
