@@ -162,15 +162,16 @@ def kernel_list(options: Mapping[str, Any], rest: list[str], environ: Mapping[st
     if not found:
         sys.stdout.write("no tcap kernels (make one with: tcap kernel install -p PROFILE --user)\n")
         return 0
-    rows = [("NAME", "PROFILE", "CAPS", "DIRECTORY", "STATUS")]
+    from tcap.render import columns, printable
+
+    rows: list[tuple[str, ...]] = [("NAME", "PROFILE", "CAPS", "DIRECTORY", "STATUS")]
     for item in found:
         caps = item["caps"]
         text = "?" if caps is None else kernel.caps_words(caps["blas"], caps["openmp"])
-        profile = str(item["profile"]) + (" (frozen)" if item["frozen"] else "")
+        profile = ("?" if item["profile"] is None else str(item["profile"])) + (" (frozen)" if item["frozen"] else "")
         status = "stale: " + "; ".join(item["stale"]) if item["stale"] else "ok"
-        rows.append((item["name"], profile, text, item["resource_dir"], status))
-    from tcap.render import columns
-
+        # Anyone who can write a kernels directory wrote these strings: nothing in them reaches the terminal raw.
+        rows.append(tuple(printable(cell) for cell in (item["name"], profile, text, item["resource_dir"], status)))
     sys.stdout.write(columns(rows))
     return 0
 

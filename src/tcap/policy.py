@@ -51,13 +51,31 @@ def policy_path(environ: Mapping[str, str]) -> str:
 
 
 def load_policy(environ: Mapping[str, str]) -> Policy | None:
-    """The site policy, or None when there is no policy file."""
+    """The site policy, or None when there is no policy file.
+
+    "No file" must be known, not guessed: when a directory on the way
+    cannot be searched by this user (``umask 077; mkdir /etc/tcap``), a
+    policy behind it cannot be told from none, and that is an error, as
+    an unreadable policy is. The file must be root's or this user's, and
+    not writable by other users (sudo's rule for sudoers)."""
     path = policy_path(environ)
-    if not os.path.lexists(path):
+    from tcap import safefile
+
+    blocked = safefile.searchable(path)
+    if blocked is not None:
+        directory, reason = blocked
+        raise TcapError(f"cannot read policy: cannot search {directory} ({reason}), so whether a site policy "
+                        "is there cannot be known; the administrator must make it searchable (chmod o+x)",
+                        path=path)
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        raise TcapError(f"cannot read policy: {error.strerror}", path=path) from None
     from tcap.profiles import locate, read_toml
 
-    data, text = read_toml(path, what="policy")
+    data, text = read_toml(path, what="policy", owners=safefile.mine() | {0})
     values: dict[str, Any] = {}
     origins = {}
     for key, value in data.items():

@@ -13,24 +13,98 @@ plan cache usually makes that unnecessary.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tcap import safefile
 from tcap.bounds import MAX_FILE, MAX_THREADS
 from tcap.cache import signature
 from tcap.cpuset import CPU_SPEC_FORMS, parse_cpu_spec
-from tcap.errors import TcapError
+from tcap.errors import EXIT_IO, EXIT_USAGE, TcapError
 from tcap.search import is_path, search_path
 from tcap.variables import CAP_KEYS
 
 VERIFY_MODES = ("off", "warn", "strict", "enforce")
 TOP_KEYS = ("description", "extends", "alias", *CAP_KEYS, "workers", "cpus", "verify", "env")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-#: What a profile's ``alias`` may be: a plain command word in bash, zsh and fish.
-ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+#: (``\Z``, not ``$``, which also matches before a final newline.)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+#: What an alias name may be (a profile's ``alias``, or ``tcap-STEM``): a
+#: plain command word in bash, zsh and fish, never an option (``-``) nor the
+#: ``.`` builtin or a path (only dots).
+ALIAS_RE = re.compile(r"^(?!-)(?!\.+\Z)[A-Za-z0-9_.-]+\Z")
+ALIAS_CHARS = "letters, digits, '_', '.', '-'; not starting with '-'"
+
+#: Variable names the shells tcap prints for (``tcap env``, ``tcap alias
+#: --static``, ``tcap shell-init``) treat specially, refused in ``[env]``
+#: and in ``tcap env --set``: assigning one does more than set a variable
+#: for programs. zsh's UID, EUID, GID, EGID and USERNAME switch the shell
+#: to another user; zsh evaluates the value of an integer parameter
+#: (COLUMNS, HISTSIZE, SHLVL, ...) as arithmetic, where a subscript runs
+#: ``$(...)`` however the value is quoted; prompts, PROMPT_COMMAND, FPATH
+#: and fish_function_path run code; read-only ones (bash's UID, PPID,
+#: SHELLOPTS; fish's status) fail the ``eval`` halfway; others never hold
+#: (RANDOM, SECONDS, LINENO, PWD). From zshparam(1) ("parameters set by the
+#: shell", and those zsh's own ``$parameters`` marks special), bash(1)
+#: ("Shell Variables") and fish's read-only and electric variables;
+#: tests/test_hostile_config.py checks them against the installed shells.
+#: Ordinary variables the shells merely also read (PATH, HOME, LANG, LC_*,
+#: MANPATH, CDPATH, TERM, ENV, BASH_ENV) stay allowed.
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+SHELL_SPECIAL: dict[str, frozenset[str]] = {
+    "zsh": _words("""
+        ARGC COLUMNS EGID EPOCHREALTIME EPOCHSECONDS ERRNO EUID FIGNORE FPATH FUNCNEST GID HISTCHARS HISTCMD
+        HISTSIZE IFS KEYBOARD_HACK KEYTIMEOUT LINENO LINES LISTMAX MAILCHECK MAILPATH MODULE_PATH NULLCMD OLDPWD
+        OPTARG OPTIND PPID PROMPT PROMPT2 PROMPT3 PROMPT4 PROMPT_EOL_MARK PS1 PS2 PS3 PS4 PSVAR PWD RANDOM
+        READNULLCMD RPROMPT RPROMPT2 RPS1 RPS2 SAVEHIST SECONDS SHLVL SPROMPT SRANDOM STTY TMOUT TRY_BLOCK_ERROR
+        TRY_BLOCK_INTERRUPT TTYIDLE UID USERNAME WATCH WATCHFMT WORDCHARS ZLE_RPROMPT_INDENT ZSH_ARGZERO
+        ZSH_EVAL_CONTEXT ZSH_EXECUTION_STRING ZSH_NAME ZSH_PATCHLEVEL ZSH_SCRIPT ZSH_SUBSHELL ZSH_VERSION _
+        aliases argv builtins cdpath commands dirstack dis_aliases dis_builtins dis_functions dis_functions_source
+        dis_galiases dis_patchars dis_reswords dis_saliases epochtime errnos fignore fpath funcfiletrace
+        funcsourcetrace funcstack functions functions_source functrace galiases histchars history historywords
+        jobdirs jobstates jobtexts keymaps langinfo mailpath manpath mapfile module_path modules nameddirs options
+        parameters patchars path pipestatus prompt psvar reswords saliases signals status sysparams termcap
+        terminfo userdirs usergroups watch widgets zsh_eval_context zsh_scheduled_events
+    """),
+    "bash": _words("""
+        BASH BASHOPTS BASHPID BASH_ALIASES BASH_ARGC BASH_ARGV BASH_ARGV0 BASH_CMDS BASH_COMMAND BASH_COMPAT
+        BASH_EXECUTION_STRING BASH_LINENO BASH_LOADABLES_PATH BASH_MONOSECONDS BASH_REMATCH BASH_SOURCE
+        BASH_SUBSHELL BASH_TRAPSIG BASH_VERSINFO BASH_VERSION BASH_XTRACEFD COMP_CWORD COMP_KEY COMP_LINE
+        COMP_POINT COMP_TYPE COMP_WORDBREAKS COMP_WORDS COMPREPLY COPROC DIRSTACK EPOCHREALTIME EPOCHSECONDS EUID
+        FUNCNAME GLOBIGNORE GROUPS HISTCMD IFS LINENO MAILCHECK MAILPATH MAPFILE OLDPWD OPTARG OPTIND PIPESTATUS
+        POSIXLY_CORRECT PPID PROMPT_COMMAND PS0 PS1 PS2 PS3 PS4 PWD RANDOM READLINE_ARGUMENT READLINE_LINE
+        READLINE_MARK READLINE_POINT SECONDS SHELLOPTS SHLVL SRANDOM TMOUT UID histchars
+    """),
+    "fish": _words("""
+        CMD_DURATION COLUMNS EUID FISH_VERSION IFS LINES PWD SHLVL _ argv fish_bind_mode fish_complete_path
+        fish_function_path fish_key_bindings fish_kill_signal fish_killring fish_pid fish_private_mode history
+        hostname last_pid pipestatus status status_generation umask version
+    """),
+}
+
+
+def special_to(name: str) -> list[str]:
+    """The shells (of ``SHELL_SPECIAL``) that treat variable ``name`` specially."""
+    shells = [shell for shell, names in SHELL_SPECIAL.items() if name in names]
+    if name.startswith("__fish") and "fish" not in shells:
+        shells.append("fish")  # fish's own internals
+    return shells
+
+
+def special_problem(name: str) -> str | None:
+    """Why ``name`` may not be set through a shell, or None."""
+    shells = special_to(name)
+    if not shells:
+        return None
+    return (f"{name} is a special parameter of {' and '.join(shells)}: assigning it there does more than set a "
+            "variable (see docs/profiles.md), so tcap refuses it")
 
 # A file's identity for the plan cache (see tcap.cache.signature).
 Signature = Optional[tuple[int, int, int]]
@@ -97,10 +171,14 @@ def find(
         dirs = dirs[absolute.index(below) + 1:] if below in absolute else []
     for directory in dirs:
         candidate = os.path.join(directory, name + ".toml")
-        sig = signature(candidate)
-        depends.append((os.path.abspath(candidate), sig))
-        if sig is not None:
-            return candidate
+        depends.append((os.path.abspath(candidate), signature(candidate)))
+        try:
+            os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            pass  # there, or cannot be told (a directory that cannot be searched): the read says which
+        return candidate
     return None
 
 
@@ -110,8 +188,9 @@ def load(spec: str, environ: Mapping[str, str]) -> Profile:
     if is_path(spec):
         path = spec
         depends.append((os.path.abspath(path), signature(path)))
-        if not os.path.exists(path):
-            raise TcapError(f"profile file not found: {path}")
+        missing = _missing(path)
+        if missing is not None:
+            raise TcapError(f"profile file not found: {path}{missing}")
     else:
         _check_name(spec, None)
         found = find(spec, environ, depends)
@@ -162,8 +241,9 @@ def _find_parent(
     if is_path(parent):
         full = os.path.join(os.path.dirname(child), parent)
         depends.append((os.path.abspath(full), signature(full)))
-        if not os.path.exists(full):
-            raise TcapError(f"extends: profile file not found: {full}", path=child, line=line)
+        missing = _missing(full)
+        if missing is not None:
+            raise TcapError(f"extends: profile file not found: {full}{missing}", path=child, line=line)
         return full
     _check_name(parent, child, line)
     # A profile extending its own name means the one it shadows.
@@ -175,16 +255,51 @@ def _find_parent(
     return found
 
 
-def read_bounded(path: str, limit: int, what: str) -> bytes:
-    """The bytes of ``path``, read no further than ``limit``; TcapError names the file."""
+def _missing(path: str) -> str | None:
+    """"" when ``path`` does not exist, " (a symlink to ..., which does not
+    exist)" when it is a dangling symlink, None otherwise: anything else
+    (a symlink loop, a directory that cannot be searched) is said by the
+    read, with its own reason."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(limit + 1)
+        os.stat(path)
+        return None
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        return None
+    try:
+        return f" (a symlink to {os.readlink(path)}, which does not exist)"
+    except OSError:
+        return ""
+
+
+def read_bounded(path: str, limit: int, what: str, owners: frozenset[int] | None = None) -> bytes:
+    """The bytes of the regular file ``path``, no more than ``limit`` (through
+    :func:`tcap.safefile.read`: a FIFO, a device or a directory is refused
+    without blocking, a larger file before a byte is read, a file other users
+    can write too); TcapError names the file and the reason, exit 2 (74 for
+    an I/O error of the system)."""
+    try:
+        return safefile.read(path, limit, owners=owners)
     except OSError as error:
-        raise TcapError(f"cannot read {what}: {error.strerror}", path=path) from None
-    if len(raw) > limit:
-        raise TcapError(f"larger than {limit >> 20} MiB, tcap's limit for a {what} file", path=path)
-    return raw
+        raise TcapError(f"cannot read {what}: {read_problem(error, limit)}", path=path,
+                        code=EXIT_USAGE if error.errno in CONFIG_ERRNOS else EXIT_IO) from None
+
+
+#: Read failures that say something about the file named (exit 2), not the system (exit 74).
+CONFIG_ERRNOS = frozenset((
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+    errno.EFBIG, errno.ENXIO, errno.ENODEV, errno.EAGAIN, errno.EEXIST,
+))
+
+
+def read_problem(error: OSError, limit: int) -> str:
+    """One line for a failed read: safefile's reason, or the OS's."""
+    if isinstance(error, safefile.Refused):
+        return str(error.strerror)
+    if error.errno == errno.ELOOP:
+        return f"symlink loop ({error.strerror})"
+    return str(error.strerror or error)
 
 
 def toml_module() -> Any:
@@ -196,11 +311,17 @@ def toml_module() -> Any:
     return tomllib
 
 
-def read_toml(path: str, what: str = "profile") -> tuple[dict[str, Any], str]:
-    """Parse one TOML file; errors carry the file and line."""
+def read_toml(path: str, what: str = "profile", owners: frozenset[int] | None = None) -> tuple[dict[str, Any], str]:
+    """Parse one TOML file; errors carry the file and line. A file other
+    users can write, or one of another user's in a directory anybody can
+    write, is refused (as sudo refuses such a sudoers file): whoever can
+    change a profile chooses what the launches under it run with."""
     tomllib = toml_module()
 
-    raw = read_bounded(path, MAX_FILE, what)
+    problem = directory_problem(path)
+    if problem:
+        raise TcapError(f"cannot use {what}: {problem}", path=path)
+    raw = read_bounded(path, MAX_FILE, what, owners)
     if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as Windows editors save: TOML has none
         raw = raw[3:]
     try:
@@ -225,6 +346,30 @@ def read_toml(path: str, what: str = "profile") -> tuple[dict[str, Any], str]:
         raise TcapError(f"invalid TOML: {message}", path=path, line=line) from None
 
 
+def directory_problem(path: str) -> str | None:
+    """Why the directory of ``path`` lets others choose its content, or None:
+    writable by other users without the sticky bit (anyone may replace the
+    file), or sticky (as /tmp) and the file is neither root's nor yours."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None  # the read itself says what is wrong
+    if not info.st_mode & stat.S_IWOTH:
+        return None
+    mode = stat.S_IMODE(info.st_mode)
+    if not info.st_mode & stat.S_ISVTX:
+        return f"its directory {directory} is writable by other users (mode {mode:04o}), who may have replaced it"
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return None
+    if owner not in safefile.mine() | {0}:
+        return (f"owned by uid {owner}, in {directory}, which every user can write (mode {mode:04o}): "
+                "not trusted")
+    return None
+
+
 def validate(data: Mapping[str, Any], text: str, path: str) -> None:
     """Check every key and value of one profile file; raise on the first fault."""
 
@@ -239,8 +384,7 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
                 raise fail("description: expected a string", key)
         elif key == "alias":
             if not isinstance(value, str) or not ALIAS_RE.match(value):
-                raise fail("alias: expected a command name (letters, digits, '_', '.', '+', '-'), not "
-                           f"{shown(value)}", key)
+                raise fail(f"alias: expected a command name ({ALIAS_CHARS}), not {shown(value)}", key)
         elif key == "extends":
             names = [value] if isinstance(value, str) else value
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -263,8 +407,11 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
             if not isinstance(value, dict):
                 raise fail("env: expected a table ([env])", key)
             for name, item in value.items():
-                if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-                    raise fail(f"env: {name!r} is not a valid variable name", name, "env")
+                if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", name):
+                    raise fail(f"env: {shown(name)} is not a valid variable name", name, "env")
+                problem = special_problem(name)
+                if problem:
+                    raise fail(f"env.{name}: {problem}", name, "env")
                 if item is True or not isinstance(item, (str, int, float, bool)):
                     raise fail(f"env.{name}: expected a string, a number, or false to unset", name, "env")
 

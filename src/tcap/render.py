@@ -6,9 +6,24 @@ import json
 from collections.abc import Mapping, Sequence
 
 from tcap.cpuset import format_cpu_list
+from tcap.errors import one_line
 from tcap.plan import Plan, inherited_overrides, on_planned_cpus
 from tcap.profiles import Listing
 from tcap.variables import VARIABLES
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on written as an
+    escape (``\\r``, ``\\x1b``, ``\\u202e``, tabs too: they would break
+    the columns), so a string from a profile (a description, a name, a path)
+    cannot move the cursor, clear a line or fake one of tcap's own lines.
+    The same escapes as tcap's error lines (``tcap.errors.one_line``)."""
+    return one_line(text).replace("\t", "\\t")
+
+
+def printable_lines(lines: Sequence[str]) -> str:
+    """Lines made :func:`printable` one by one, each ended by a newline."""
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
@@ -47,7 +62,7 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
         lines.append(f"{change.name.ljust(width)}  {value:<6}  {why}")
     for note in plan.notes:
         lines.append(f"note: {note}")
-    return "\n".join(lines) + "\n"
+    return printable_lines(lines)
 
 
 def plan_json(plan: Plan, environ: Mapping[str, str]) -> str:
@@ -74,17 +89,25 @@ def columns(rows: Sequence[Sequence[str]]) -> str:
 
 
 def word(value: str, shell: str) -> str:
-    """``value`` bare when no shell could read anything into it, else quoted."""
+    """``value`` bare when no shell could read anything into it, else quoted.
+    Not bare: ``:`` and ``=`` (zsh expands ``=cmd`` and ``~`` after a colon
+    in an assignment), ``~``, ``@``, ``%``, and everything else."""
     import re
 
-    if re.fullmatch(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:@+=-]*", value):
+    if re.fullmatch(r"[A-Za-z0-9_./+-]+", value):
         return value
     return quote(value, shell)
 
 
+def comment(text: str) -> str:
+    """``text`` as shell comment lines: one ``# `` line per line of it,
+    printable, so nothing in it (a newline, a CR) ends the comment."""
+    return "\n".join("# " + printable(line) for line in text.split("\n"))
+
+
 def env_script(plan: Plan, shell: str) -> str:
     """Commands that set the plan's variables in ``shell``."""
-    lines = [f"# tcap env: profile {plan.profile} ({plan.cpus} usable CPUs)"]
+    lines = [comment(f"tcap env: profile {plan.profile} ({plan.cpus} usable CPUs)")]
     if plan.place is not None:
         lines.append(
             f"# this plan books {plan.place} CPU(s) at launch (cpus auto:{plan.place}); a shell cannot: "
@@ -120,19 +143,19 @@ def command_line(argv: Sequence[str]) -> str:
 
 def profiles_text(listings: Sequence[Listing], dirs: Sequence[tuple[str, str]]) -> str:
     lines = ["search path:"]
-    lines += [f"  {label:<17} {directory}" for label, directory in dirs]
+    lines += [f"  {label:<17} {printable(directory)}" for label, directory in dirs]
     lines.append("")
     if not listings:
-        return "\n".join([*lines, "no profiles found"]) + "\n"
-    width = max(len(item.name) for item in listings)
+        return printable_lines([*lines, "no profiles found"])
+    width = max(len(printable(item.name)) for item in listings)
     for item in listings:
         text = item.description or "(no description)"
         if item.error:
             text = f"BROKEN: {item.error}"
         if item.shadowed_by:
             text += f"  [shadowed by {item.shadowed_by}]"
-        lines.append(f"{item.name.ljust(width)}  {item.source:<17} {text}")
-    return "\n".join(lines) + "\n"
+        lines.append(f"{printable(item.name).ljust(width)}  {item.source:<17} {text}")
+    return printable_lines(lines)
 
 
 def profiles_json(listings: Sequence[Listing], dirs: Sequence[tuple[str, str]]) -> str:

@@ -16,23 +16,35 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tcap.render import quote, word
+from tcap.profiles import ALIAS_RE, SHELL_SPECIAL
+from tcap.render import comment, quote, word
 
 SHELLS = ("bash", "zsh", "fish")
 #: Variables fish keeps for itself (read-only or special): never ``set -lx``.
-FISH_SPECIAL = frozenset((
-    "argv", "status", "pipestatus", "fish_pid", "last_pid", "hostname", "history", "PWD", "SHLVL", "_",
-    "version", "FISH_VERSION", "status_generation", "umask", "CMD_DURATION", "fish_kill_signal",
-    "fish_private_mode", "COLUMNS", "LINES",
-))
+#: Profiles cannot set them ([env] refuses every shell's special names), so
+#: this only guards what tcap itself might add.
+FISH_SPECIAL = SHELL_SPECIAL["fish"]
 
 
 def alias_name(profile: str, alias: str | None) -> str:
     return alias or f"tcap-{profile}"
 
 
+def valid_alias(name: str) -> bool:
+    """Whether ``name`` can be printed as an alias (fish: function) name as
+    it is: a plain command word, nothing a shell would expand or split."""
+    return bool(ALIAS_RE.match(name))
+
+
+def _checked(name: str) -> str:
+    if not valid_alias(name):  # the commands check first; this is the last line of defence
+        raise ValueError(f"not a valid alias name: {name!r}")
+    return name
+
+
 def dynamic_alias(name: str, tcap: Sequence[str], profile: str, shell: str) -> str:
     """An alias (fish: a function) running ``tcap run -p PROFILE --``."""
+    name = _checked(name)
     words = [*tcap, "run", "-p", profile, "--"]
     body = " ".join(word(item, shell) for item in words)
     if shell == "fish":
@@ -50,6 +62,7 @@ def static_alias(
     """An alias (fish: a function) with the plan baked in: variables, the
     probe's bootstrap on PYTHONPATH, and pinning through ``taskset``; no
     Python runs in front of the command."""
+    name = _checked(name)
     bootstrap = recipe.get("bootstrap")
     env = [(n, v) for n, v in recipe["env"] if v is not None]
     # An unset PYTHONPATH still gets the probe's bootstrap, alone (as tcap run does).
@@ -69,7 +82,7 @@ def static_alias(
         from tcap.cpuset import format_cpu_list
 
         prefix += [quote(taskset, shell), "-c", quote(format_cpu_list(pin), shell)]
-    lines = [f"# {line}" for line in header.splitlines()]
+    lines = [comment(header)]
     if pin is not None and not taskset:
         lines.append("# taskset was not found, so this alias does not pin CPUs as the plan says")
     if shell == "fish":
@@ -147,7 +160,9 @@ def _fish_completion(top: Sequence[str], options: Mapping[str, Sequence[str]], c
         f"complete -c tcap -n __fish_use_subcommand -a {quote(' '.join(top), 'fish')}",
         "complete -c tcap -n '__fish_seen_subcommand_from kernel; and not __fish_seen_subcommand_from "
         "install list remove' -a 'install list remove'",
-        f"complete -c tcap -s p -l profile -x -a '({call} profiles --names 2>/dev/null)'",
+        # The -a argument is fish code run at each completion: tcap's words
+        # are quoted inside it, and it is quoted as a whole.
+        f"complete -c tcap -s p -l profile -x -a {quote(f'({call} profiles --names 2>/dev/null)', 'fish')}",
         "complete -c tcap -l verify -x -a 'off warn strict enforce'",
         "complete -c tcap -n '__fish_seen_subcommand_from shell-init' -a 'bash zsh fish'",
         "complete -c tcap -n '__fish_seen_subcommand_from env' -l shell -x -a 'sh bash zsh fish'",
