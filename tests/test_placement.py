@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import stat
@@ -164,6 +165,19 @@ def booking_files(directory: Path) -> list[str]:
     return sorted(name for name in os.listdir(directory) if not name.startswith("."))
 
 
+def booking_name(pid: int, start: int | None = None, uid: int | None = None, token: str = "0123456789abcdef") -> str:
+    """A booking's file name: ``<uid>-<pid>-<start time>-<16 hex digits>``."""
+    return f"{os.getuid() if uid is None else uid}-{pid}-{start_time(pid) if start is None else start}-{token}"
+
+
+def booking_of(directory: Path, pid: int) -> str:
+    """The one booking file of ``pid`` (its random part unknown to the test)."""
+    prefix = f"{os.getuid()}-{pid}-{start_time(pid)}-"
+    (name,) = [name for name in booking_files(directory) if name.startswith(prefix)]
+    assert re.fullmatch(r"[0-9a-f]{16}", name[len(prefix):]), name
+    return name
+
+
 def sharing_notice(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("tcap: notice: ") and "sharing CPU" in line]
 
@@ -180,11 +194,14 @@ def test_two_concurrent_launches_get_different_cpus(iso: Isolated, hold: Callabl
 
     assert booked(iso) == {first.pid: first.cpus, second.pid: second.cpus}
     assert {item["uid"] for item in live_bookings(iso)} == {os.getuid()}
-    # One file per booking, named <pid>-<start time>, holding the CPUs.
-    assert booking_files(bookings_dir) == sorted(f"{h.pid}-{start_time(h.pid)}" for h in (first, second))
+    # One file per booking, named <uid>-<pid>-<start time>-<random>, holding the CPUs, readable by all.
+    names = sorted(booking_of(bookings_dir, h.pid) for h in (first, second))
+    assert booking_files(bookings_dir) == names
     for holder in (first, second):
-        data = json.loads((bookings_dir / f"{holder.pid}-{start_time(holder.pid)}").read_text())
-        assert data["cpus"] == holder.cpus
+        path = bookings_dir / booking_of(bookings_dir, holder.pid)
+        assert json.loads(path.read_text())["cpus"] == holder.cpus
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [name for name in os.listdir(bookings_dir) if name.startswith(".")] == []  # no temporary file left
     text = iso.run("bookings")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
@@ -225,7 +242,7 @@ def test_auto_larger_than_the_usable_set_is_a_usage_error(iso: Isolated, booking
 def test_a_sigkilled_holder_frees_its_cpu(iso: Isolated, hold: Callable[..., Holder], bookings_dir: Path) -> None:
     doomed, keeper = hold(), hold()
     doomed_cpus, keeper_cpus = doomed.started(), keeper.started()
-    doomed_file = f"{doomed.pid}-{start_time(doomed.pid)}"
+    doomed_file = booking_of(bookings_dir, doomed.pid)
     doomed.process.send_signal(signal.SIGKILL)
     assert doomed.process.wait(timeout=TIMEOUT) == -signal.SIGKILL
     # Its file is still there (nobody ran to remove it), but it holds nothing.
@@ -262,7 +279,7 @@ def test_a_booking_whose_pid_was_reused_counts_as_dead(iso: Isolated, bookings_d
     me = os.getpid()
     bookings_dir.mkdir(mode=0o1777)
     bookings_dir.chmod(0o1777)
-    reused = bookings_dir / f"{me}-{start_time(me) + 1}"  # a live pid, another process's start time
+    reused = bookings_dir / booking_name(me, start_time(me) + 1)  # a live pid, another process's start time
     reused.write_text(json.dumps({"cpus": PAIR}))
     assert booked(iso) == {}
     result = tcap_run(iso, "run", "--cpus", "auto:2", "--", "true")
@@ -270,7 +287,7 @@ def test_a_booking_whose_pid_was_reused_counts_as_dead(iso: Isolated, bookings_d
     assert not reused.exists()  # a stale file of this user, cleaned up under the lock
 
     # The same booking with the right start time holds both CPUs.
-    (bookings_dir / f"{me}-{start_time(me)}").write_text(json.dumps({"cpus": PAIR}))
+    (bookings_dir / booking_name(me)).write_text(json.dumps({"cpus": PAIR}))
     assert booked(iso) == {me: PAIR}
     marker = iso.work / "marker"
     assert "only 0 of the CPUs" in iso.error_line(tcap_run(iso, "run", "--cpus", "auto:1", "--", "touch",
@@ -284,7 +301,7 @@ def test_stale_bookings_of_other_users_are_ignored_not_removed(iso: Isolated, bo
     bookings_dir.chmod(0o1777)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    theirs = bookings_dir / f"{dead.pid}-1"
+    theirs = bookings_dir / booking_name(dead.pid, 1, uid=65534)
     theirs.write_text(json.dumps({"cpus": PAIR}))
     os.chown(theirs, 65534, 65534)
     result = tcap_run(iso, "run", "--cpus", "auto:2", "--", "true")
@@ -295,18 +312,23 @@ def test_stale_bookings_of_other_users_are_ignored_not_removed(iso: Isolated, bo
 
 @pytest.mark.parametrize(
     "content",
-    ["not json", '{"cpus": 0}', '{"cpu": [0]}', '["cpus"]', '{"cpus": [0, "x"]}', ""],
-    ids=["garbage", "number", "no-cpus", "list", "bad-cpu", "empty"],
+    ["not json", '{"cpus": 0}', '{"cpu": [0]}', '["cpus"]', '{"cpus": [0, "x"]}', "", '{"cpus": [1e400]}',
+     '{"cpus": [true]}', '{"cpus": [-1]}', '{"cpus": [8192]}', '{"cpus": [0.5]}', '{"cpus": [NaN]}',
+     '{"cpus": []}', '{"cpus": [0], "pids": [[1]]}', '{"cpus": [0], "pids": 7}', "[" * 100_000, "[" * 60_000,
+     '{"cpus": [' + "1" * 5000 + "]}"],
+    ids=["garbage", "number", "no-cpus", "list", "bad-cpu", "empty", "1e400", "bool", "negative", "huge",
+         "fraction", "nan", "no-cpu", "bad-pids", "pids-number", "deep-large", "deep", "digits"],
 )
 def test_malformed_booking_files_hold_nothing(iso: Isolated, bookings_dir: Path, content: str) -> None:
     write_policy(iso, 'on_full = "error"\n')
     bookings_dir.mkdir()
     bookings_dir.chmod(0o1777)
     me = os.getpid()
-    (bookings_dir / f"{me}-{start_time(me)}").write_text(content)
+    (bookings_dir / booking_name(me)).write_text(content)
     assert booked(iso) == {}
     result = tcap_run(iso, "run", "--cpus", "auto:2", "--", "true")
     assert (result.returncode, result.stderr) == (0, "")
+    assert (bookings_dir / booking_name(me)).read_text() == content  # a live process's: left alone
 
 
 # --- a full machine: on_full ----------------------------------------------------------
@@ -470,7 +492,7 @@ def test_many_concurrent_launches_balance_their_bookings(iso: Isolated, bookings
         assert live == reports
 
         order = sorted(
-            (json.loads((bookings_dir / f"{pid}-{start_time(pid)}").read_text())["at"], pid) for pid in live
+            (json.loads((bookings_dir / booking_of(bookings_dir, pid)).read_text())["at"], pid) for pid in live
         )
         counts = dict.fromkeys(PAIR, 0)
         for position, (_at, pid) in enumerate(order):
@@ -509,7 +531,8 @@ def test_many_concurrent_launches_balance_their_bookings(iso: Isolated, bookings
 
 
 #: A command that ends on its own: its pid, its affinity and its booking as it runs.
-CHURN_CHILD = 'echo "$$ $(grep Cpus_allowed_list /proc/$$/status | cut -f2) $(cat "$TCAP_BOOKINGS_DIR/$$-"*)"'
+CHURN_CHILD = ('echo "$$ $(grep Cpus_allowed_list /proc/$$/status | cut -f2) '
+               '$(cat "$TCAP_BOOKINGS_DIR/$(id -u)-$$-"*)"')
 
 
 def test_many_launches_that_come_and_go_all_run_on_their_booking(iso: Isolated, bookings_dir: Path) -> None:
@@ -634,7 +657,7 @@ def test_a_symlink_with_a_booking_name_is_not_followed(iso: Isolated, bookings_d
     target = iso.root / "planted.json"
     target.write_text(json.dumps({"cpus": PAIR}))
     me = os.getpid()
-    planted = bookings_dir / f"{me}-{start_time(me)}"  # a live process's name: would count if followed
+    planted = bookings_dir / booking_name(me)  # a live process's name: would count if followed
     planted.symlink_to(target)
     assert booked(iso) == {}
     result = tcap_run(iso, "run", "--cpus", "auto:2", "--", "true")
@@ -642,15 +665,92 @@ def test_a_symlink_with_a_booking_name_is_not_followed(iso: Isolated, bookings_d
     assert planted.is_symlink() and json.loads(target.read_text()) == {"cpus": PAIR}
 
 
-def test_a_symlinked_lock_is_not_followed(iso: Isolated, bookings_dir: Path) -> None:
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_a_planted_lock_file_is_not_used(iso: Isolated, bookings_dir: Path, kind: str) -> None:
+    """The lock is the directory itself: a ``.lock`` of any kind (the lock
+    file of older versions) is never opened, followed nor waited for."""
     bookings_dir.mkdir()
     bookings_dir.chmod(0o1777)
     victim = iso.root / "victim"
-    (bookings_dir / ".lock").symlink_to(victim)
+    lock = bookings_dir / ".lock"
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
     marker = iso.work / "marker"
-    line = iso.error_line(tcap_run(iso, "run", "--cpus", "auto:1", "--", "touch", str(marker)), 2)
-    assert line.startswith(f"tcap: error: {bookings_dir}: CPU booking failed: "), line
-    assert not victim.exists() and not marker.exists()
+    result = tcap_run(iso, "run", "--cpus", "auto:1", "--", "touch", str(marker), timeout=20)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert not victim.exists() and marker.exists()
+    assert os.path.lexists(lock)
+
+
+def test_a_booking_lives_while_any_process_it_names_runs(iso: Isolated, bookings_dir: Path) -> None:
+    """A supervised run books for tcap and its child: the booking holds while
+    either lives (tcap killed, its child still running)."""
+    write_policy(iso, 'on_full = "error"\n')
+    bookings_dir.mkdir()
+    bookings_dir.chmod(0o1777)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me = os.getpid()
+    (bookings_dir / booking_name(dead.pid, 1)).write_text(json.dumps({"cpus": PAIR, "pids": [[me, start_time(me)]]}))
+    assert booked(iso) == {dead.pid: PAIR}
+    assert live_bookings(iso)[0]["pids"] == [me]
+    marker = iso.work / "marker"
+    iso.error_line(tcap_run(iso, "run", "--cpus", "auto:1", "--", "touch", str(marker)), 75)
+    assert not marker.exists()
+
+
+def test_the_booking_is_readable_by_all_whatever_the_umask(iso: Isolated, hold: Callable[..., Holder],
+                                                           bookings_dir: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        holder = hold()
+    finally:
+        os.umask(old)
+    holder.started()
+    path = bookings_dir / booking_of(bookings_dir, holder.pid)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+HOLD_LOCK = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print(os.getpid(), flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_a_lock_held_forever_delays_a_launch_by_two_seconds_at_most(iso: Isolated, bookings_dir: Path) -> None:
+    """Somebody holding the lock (a stopped launch, or on purpose) costs every
+    launch the patience of 2 s, then it books without the lock, with one note."""
+    bookings_dir.mkdir()
+    bookings_dir.chmod(0o1777)
+    holder = subprocess.Popen([PYTHON, "-c", HOLD_LOCK, str(bookings_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(read_line(holder.stdout))
+        marker = iso.work / "marker"
+        began = time.monotonic()
+        result = tcap_run(iso, "run", "--cpus", "auto:1", "--", "touch", str(marker), timeout=30)
+        elapsed = time.monotonic() - began
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.splitlines() == [
+            f"tcap: note: the CPU bookings lock of {bookings_dir} has been held by pid {pid} for 2 s; "
+            "booking without it"
+        ]
+        assert marker.exists()
+        assert elapsed < 15, elapsed  # generous: the patience is 2 s
+        assert len(booking_files(bookings_dir)) == 1  # it still booked, for the others to see
+    finally:
+        holder.kill()
+        holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
 
 
 # --- choose(): the placement policy, pure -------------------------------------------

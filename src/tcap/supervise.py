@@ -31,7 +31,7 @@ from tcap.errors import EXIT_INTERNAL, EXIT_VIOLATION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
     from tcap.ranks import Ranks
@@ -43,6 +43,14 @@ FORWARDED = tuple(
 )
 #: si_code of a signal the kernel generated (terminal keys, SIGWINCH).
 SI_KERNEL = 0x80
+#: The same signal from the same sender within this many seconds is passed
+#: on once (GNU timeout sends it to tcap and to tcap's process group, back to
+#: back: the kernel merges the two for an exec'ed command).
+REPEAT = 0.2
+#: prctl(2) option: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+#: The report directories: tcap-report-<pid>-<start time>-<random>.
+REPORT_PREFIX = "tcap-report-"
 #: Seconds between two samples of the process tree.
 INTERVAL = 0.5
 #: Width of the command column.
@@ -76,7 +84,7 @@ def supervise(
     found = launch.find_command(argv[0], env)  # 127/126 before anything starts
     launch.pin(recipe, environ, env)  # on tcap itself (and booked for it): the child inherits it
     cpus = recipe.get("cpus") or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
-    report_dir = tempfile.mkdtemp(prefix="tcap-report-")  # mode 0700, a new directory
+    report_dir = _report_dir()  # mode 0700, a new directory named after this tcap; dead ones swept
     try:
         env["TCAP_REPORT_DIR"] = report_dir
         code, sampler = _run_child(found, argv, env, Sampler(0, report_dir, cpus))
@@ -149,6 +157,154 @@ def expand(path: str, ranks: Ranks | None, host: str) -> str:
     return path.replace("{rank}", str(rank)).replace("{host}", host.split(".")[0]).replace("{pid}", str(os.getpid()))
 
 
+def _report_dir() -> str:
+    """A new private directory for the probe records, named after this tcap
+    (pid and start time), after removing this user's report directories
+    whose tcap is gone (one killed with SIGKILL cannot remove its own)."""
+    from tcap.placement import start_time
+
+    parent = tempfile.gettempdir()
+    _sweep_reports(parent)
+    me = os.getpid()
+    return tempfile.mkdtemp(prefix=f"{REPORT_PREFIX}{me}-{start_time(me) or 0}-", dir=parent)
+
+
+def _sweep_reports(parent: str) -> None:
+    """Remove this user's ``tcap-report-PID-START-*`` directories in
+    ``parent`` whose tcap no longer runs (never another user's, never
+    through a symlink)."""
+    import re
+    import shutil
+    import stat
+
+    from tcap.placement import start_time
+
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    pattern = re.compile(re.escape(REPORT_PREFIX) + r"([0-9]{1,7})-([0-9]{1,20})-[a-z0-9_]+")
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        pid, start = int(match[1]), int(match[2])
+        path = os.path.join(parent, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        found = start_time(pid)
+        if found == start or (found is not None and not start):
+            continue  # its tcap runs (start 0: unknown when it was made; the pid lives)
+        shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
+
+
+def _own_group() -> bool:
+    """Whether the child gets a process group of its own: when tcap's group
+    is not the foreground group of a controlling terminal (no terminal, or
+    in the background: a batch job, GNU timeout). Signals sent to tcap's
+    group then reach tcap alone, which passes each on once. In the
+    terminal's foreground the child stays in tcap's group, so that it can
+    read the terminal and Ctrl-C or Ctrl-Z reach it from the kernel."""
+    if not (hasattr(os, "setpgid") and hasattr(os, "tcgetpgrp")):
+        return False
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return True  # no controlling terminal
+    try:
+        return os.tcgetpgrp(fd) != os.getpgrp()
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _tie_to_parent() -> Callable[[], None] | None:
+    """Linux: a function for the child to call before exec, which has the
+    kernel kill it (SIGKILL) when tcap dies, as if tcap had exec'ed it: a
+    supervised tcap killed with SIGKILL leaves no command running unobserved.
+    None elsewhere. prctl is looked up here, in the parent: nothing is loaded
+    after fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def tie() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # tcap died before the call: do not run at all
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return tie
+
+
+def _child_setup(mask: set[int] | None, own_group: bool) -> Callable[[], None] | None:
+    """The function the child runs between fork and exec: the signal mask
+    back to tcap's (the mask survives exec), its own process group, tied to
+    tcap's life."""
+    tie = _tie_to_parent()
+    if mask is None and not own_group and tie is None:
+        return None
+
+    def setup() -> None:
+        if tie is not None:
+            tie()
+        if own_group:
+            os.setpgid(0, 0)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    return setup
+
+
+class _Forward:
+    """Passes signals on to the child: to its process group when it has one
+    of its own (what was sent to tcap's group would have reached all of it),
+    else to the child; the same signal from the same sender within REPEAT
+    seconds once."""
+
+    def __init__(self, pid: int, group: bool) -> None:
+        self.pid = pid
+        self.group = group
+        self.last: dict[int, tuple[int | None, float]] = {}
+
+    def __call__(self, number: int, sender: int | None = None) -> None:
+        now = time.monotonic()
+        last = self.last.get(number)
+        if last is not None and last[0] == sender and now - last[1] < REPEAT:
+            return
+        self.last[number] = (sender, now)
+        try:
+            if self.group:
+                try:
+                    os.killpg(self.pid, number)
+                    return
+                except ProcessLookupError:  # the child left its group
+                    pass
+            os.kill(self.pid, number)
+        except OSError:
+            pass
+
+
+def _hold_booking(pid: int) -> None:
+    """The child holds tcap's CPU booking too (auto placement), so the
+    booking lasts while either runs."""
+    from tcap import placement
+
+    placement.hold_for(pid)
+
+
 def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
     """Start the child with forwarded signals, sampling its tree; wait; (exit code, sampler)."""
     from tcap import launch
@@ -157,17 +313,18 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
         return _run_child_plain(found, argv, env, sampler)
 
     mask = {*FORWARDED, signal.SIGCHLD}
+    own_group = _own_group()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
-
-    def unblock() -> None:  # in the child, before exec: the mask survives exec
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    setup = _child_setup(old, own_group)
 
     try:
         try:
-            child = subprocess.Popen(list(argv), executable=found, env=env, close_fds=False, preexec_fn=unblock)
+            child = subprocess.Popen(list(argv), executable=found, env=env, close_fds=False, preexec_fn=setup)
         except OSError as failure:
             raise launch.exec_error(argv[0], failure) from None
         sampler.root = child.pid
+        _hold_booking(child.pid)
+        forward = _Forward(child.pid, own_group)
         while True:
             sampler.sample()
             code = child.poll()
@@ -176,11 +333,9 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
             info = signal.sigtimedwait(mask, INTERVAL)
             if info is None or info.si_signo == signal.SIGCHLD:
                 continue
-            if info.si_code != SI_KERNEL:
-                try:
-                    child.send_signal(info.si_signo)
-                except OSError:
-                    pass
+            # In tcap's group, what the kernel sent (terminal keys) reached the child too.
+            if own_group or info.si_code != SI_KERNEL:
+                forward(info.si_signo, info.si_pid)
         # Drain what arrived meanwhile, so unblocking does not act on it.
         while signal.sigtimedwait(mask, 0) is not None:
             pass
@@ -191,24 +346,30 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
 
 def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sampler) -> tuple[int, Sampler]:
     """Where signals cannot be waited for (Windows; macOS and PyPy have no
-    sigtimedwait): wait with a timeout between samples. Ctrl-C reaches the
-    child too (the terminal sends it to the whole group, the console to every
-    process), so tcap ignores it and waits for the child's own exit code; on
-    POSIX the other forwarded signals are passed on from a handler."""
+    sigtimedwait): wait with a timeout between samples. In tcap's group,
+    Ctrl-C reaches the child too (the terminal sends it to the whole group,
+    the console to every process), so tcap ignores it and waits for the
+    child's own exit code; on POSIX the other forwarded signals (and SIGINT
+    too, when the child has a group of its own) are passed on from a
+    handler."""
     from tcap import launch
 
+    own_group = os.name == "posix" and _own_group()
+    setup = _child_setup(None, own_group) if os.name == "posix" else None
     try:
-        child = subprocess.Popen(list(argv), executable=found, env=env)
+        child = subprocess.Popen(list(argv), executable=found, env=env, preexec_fn=setup)
     except OSError as failure:
         raise launch.exec_error(argv[0], failure) from None
+    _hold_booking(child.pid)
+    forward = _Forward(child.pid, own_group)
     # Ignored from now on (the child started with the default handling): a
     # KeyboardInterrupt landing inside wait() could lose the child's status.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     forwarded = {}
     if os.name == "posix":  # macOS, PyPy: forward what is sent to tcap from a handler
         for number in FORWARDED:
-            if number != signal.SIGINT:
-                forwarded[number] = signal.signal(number, lambda signum, frame: child.send_signal(signum))
+            if number != signal.SIGINT or own_group:
+                forwarded[number] = signal.signal(number, lambda signum, frame: forward(signum))
     try:
         sampler.root = child.pid
         while True:
@@ -219,9 +380,9 @@ def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampl
             except subprocess.TimeoutExpired:
                 continue
     finally:
-        signal.signal(signal.SIGINT, previous)
         for number, handler in forwarded.items():
             signal.signal(number, handler)
+        signal.signal(signal.SIGINT, previous)
     return (128 - code if code < 0 else code), sampler
 
 
