@@ -74,11 +74,17 @@ def entry_path(directory: str, key: tuple[Any, ...]) -> str:
 
 
 def signature(path: str) -> tuple[int, int, int] | None:
-    """A file's (mtime_ns, size, inode), or None when it does not exist."""
+    """A file's (mtime_ns, size, inode), or None when it does not exist;
+    (-1, -1, errno) when that cannot be told (a directory on the way that
+    cannot be searched): never equal to a stored "absent", so a site policy
+    that became unreadable is a miss, and the launch says why, instead of a
+    hit that skips it."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        return (-1, -1, error.errno or -1)
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
