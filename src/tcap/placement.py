@@ -101,8 +101,8 @@ def _who(uid: int) -> str:
 
 
 def _untrusted(path: str, why: str) -> None:
-    sys.stderr.write(f"tcap: note: CPU bookings directory {path} {why}, not to root or you: placing without "
-                     "bookings (an administrator should create it root-owned, mode 1777)\n")
+    sys.stderr.write(f"tcap: note: CPU bookings directory {path} {why}: placing without bookings (an "
+                     "administrator should create it root-owned, mode 1777)\n")
 
 
 def _open_dir(path: str, create: bool = True) -> int | None:
@@ -132,7 +132,8 @@ def _open_dir(path: str, create: bool = True) -> int | None:
     if not stat.S_ISDIR(info.st_mode):
         kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "Not a directory"
         if not _trusted(info.st_uid):
-            _untrusted(path, f"is {'a symlink' if stat.S_ISLNK(info.st_mode) else 'a file'} of {_who(info.st_uid)}")
+            what = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            _untrusted(path, f"is {what}, made by {_who(info.st_uid)}, not by root or you")
             return None
         raise TcapError(f"unusable CPU bookings directory ({kind})", path=path)
     try:
@@ -145,7 +146,7 @@ def _open_dir(path: str, create: bool = True) -> int | None:
     info = os.fstat(fd)
     if not _trusted(info.st_uid):
         os.close(fd)
-        _untrusted(path, f"belongs to {_who(info.st_uid)}")
+        _untrusted(path, f"belongs to {_who(info.st_uid)}, not to root or you")
         return None
     mode = info.st_mode
     if mode & 0o022 and not mode & stat.S_ISVTX:
