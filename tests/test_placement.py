@@ -156,9 +156,12 @@ def booked(iso: Isolated) -> dict[int, list[int]]:
 
 
 def start_time(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    return int(data[data.rindex(b")") + 2 :].split()[19])
+    """As tcap's process facts tell it (/proc, or psutil under TCAP_PROCESS_FACTS=psutil)."""
+    from tcap.placement import start_time as facts_start_time
+
+    found = facts_start_time(pid)
+    assert found is not None, pid
+    return found
 
 
 def booking_files(directory: Path) -> list[str]:

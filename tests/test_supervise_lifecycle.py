@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, TCAP, Isolated
+from tcap.placement import start_time
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
 
@@ -229,8 +230,8 @@ def test_sigkill_of_a_supervised_tcap_takes_its_child_and_leaves_nothing(sv: Iso
 def test_the_sweep_spares_live_runs_and_other_users(sv: Isolated) -> None:
     tmp = sv.root / "tmp"
     me = os.getpid()
-    with open(f"/proc/{me}/stat") as f:
-        start = int(f.read().rpartition(")")[2].split()[19])
+    start = start_time(me)  # as tcap's process facts tell it (/proc or psutil)
+    assert start is not None
     dead = subprocess.Popen(["true"])
     dead.wait()
     live = tmp / f"tcap-report-{me}-{start}-abc123"  # this test's own process: running
