@@ -665,6 +665,19 @@ def test_two_profiles_asking_for_the_same_alias(iso: Isolated, command: str) -> 
     assert "tcap-serial" in result.stdout
 
 
+def test_static_shell_init_leaves_out_a_profile_that_does_not_resolve(iso: Isolated) -> None:
+    path = iso.write_profile("toobig", 'cpus = "8000"\n')  # a CPU this machine does not have
+    result = iso.run("shell-init", "--static", "bash")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"tcap: note: no alias: {path}:1: ") and result.stderr.count("\n") == 1
+    assert "alias tcap-serial=" in result.stdout and "tcap-toobig" not in result.stdout
+    iso.error_line(iso.run("shell-init", "--static", "-p", "toobig", "bash"), 2)  # asked for: an error
+    (iso.site / "policy.toml").write_text("max_threads = 0\n")  # a broken policy stops every alias
+    result = iso.run("shell-init", "--static", "bash")
+    assert "policy.toml:1: max_threads" in iso.error_line(result, 2)
+    assert result.stdout == ""
+
+
 def test_alias_colliding_with_a_default_alias_name(iso: Isolated) -> None:
     iso.write_profile("one", 'alias = "tcap-serial"\n')
     result = iso.run("alias", "-p", "one", "-p", "serial")

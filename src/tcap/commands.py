@@ -252,7 +252,16 @@ def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: 
         if not options.get("static"):
             blocks.append(dynamic_alias(alias, tcap, name, shell))
             continue
-        plan = build_plan({**options, "profile": name}, environ)[0]
+        try:
+            plan = build_plan({**options, "profile": name}, environ)[0]
+        except TcapError as error:
+            from tcap.policy import policy_path
+
+            if not every or error.path == policy_path(environ):  # a broken policy stops every alias
+                raise
+            skip(str(error))  # this profile's own fault: the others keep their aliases
+            del seen[alias]
+            continue
         why_dynamic = None
         if plan.verify == "strict":
             why_dynamic = "verify strict needs tcap to supervise the run"
