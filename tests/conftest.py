@@ -178,3 +178,7 @@ def iso(tmp_path: Path) -> Isolated:
 def tcap_exe() -> Path:
     assert TCAP.exists(), f"the tcap console script is not installed at {TCAP}"
     return TCAP
+
+
+# Real Unix users and a shared sticky directory (tests/users.py), for every test module.
+from users import shared_tmp, users  # noqa: E402, F401

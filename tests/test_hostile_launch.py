@@ -19,7 +19,7 @@ import pytest
 from conftest import PYTHON, TCAP, Isolated
 from tcap._inspect import store_file
 from tcap.cache import cache_file, entry_path
-from users import User, shared_tmp, users  # noqa: F401
+from users import User
 
 HANG = 20  # seconds: a case that passes runs in well under one
 
@@ -316,6 +316,6 @@ def test_a_plan_cache_directory_made_by_another_user_is_not_used(users: tuple[Us
 def test_entry_names_are_stable_across_processes(iso: Isolated) -> None:
     key = ("0.1", "kmeans", (("threads", "2"),), ("/a",), None)
     here = entry_path("/d", key)
-    there = subprocess.run([sys.executable, "-c", f"from tcap.cache import entry_path; print(entry_path('/d', {key!r}))"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    program = f"from tcap.cache import entry_path; print(entry_path('/d', {key!r}))"
+    there = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout.strip()
     assert here == there
