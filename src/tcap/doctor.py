@@ -244,6 +244,11 @@ def text(report: Mapping[str, Any], plan_text: str) -> str:
     for number, hazard in enumerate(report["hazards"], 1):
         lines.append(f"  {number}. {hazard['what']}")
         lines.append(f"     fix: {hazard['fix']}")
-    lines += ["", "plan"]
-    lines += ["  " + line if line else "" for line in plan_text.rstrip("\n").split("\n")]
-    return "\n".join(lines) + "\n"
+    from tcap.render import printable_lines
+
+    # Paths, versions and names come from another interpreter's answer: no
+    # control character of theirs reaches the terminal (the plan's text is
+    # escaped already).
+    text = printable_lines(lines)
+    return text + "\nplan\n" + "".join("  " + line + "\n" if line else "\n"
+                                       for line in plan_text.rstrip("\n").split("\n"))
