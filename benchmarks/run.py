@@ -15,6 +15,7 @@ import launcher  # noqa: E402
 import probe  # noqa: E402
 import profiles  # noqa: E402
 import ranks  # noqa: E402
+import report  # noqa: E402
 import sampler  # noqa: E402
 import workloads  # noqa: E402
 from common import machine_description  # noqa: E402
@@ -39,6 +40,7 @@ SECTIONS = {
     "workloads": lambda args: workloads.run(args.workload_rounds),
     "profiles": lambda args: profiles.run(args.workload_rounds + 2),
     "ranks": lambda args: ranks.run(args.workload_rounds + 2),
+    "report": lambda args: report.run(),
 }
 
 

@@ -117,8 +117,8 @@ def test_probe_warnings_name_the_rank_and_reports_merge(iso: Isolated):
     assert len(files) == 2 and re.search(r"r-0-\S+\.json$", files[0])
     merged = iso.run("report", "--json", "merged.json", *files, cwd=iso.work)
     assert merged.returncode == 1, merged.stderr
-    assert re.search(r"^tcap: verdict: 2 reports from 1 node: 2 processes, 2 verified, 0 unverified, 2 violations",
-                     merged.stderr, re.M), merged.stderr
+    assert re.search(r"^verdict: 2 reports from 1 node: 2 processes, 2 verified, 0 unverified, 2 violations",
+                     merged.stdout, re.M), merged.stdout
     data = json.loads((iso.work / "merged.json").read_text())
     assert {p["rank"].split(" on ")[0] for p in data["nodes"][0]["processes"]} == {"rank 0/2", "rank 1/2"}
 
@@ -182,8 +182,8 @@ def test_sbatch_script_returns_the_jobs_exit_code_and_reports_merge(cluster: Slu
     assert [Path(f).name for f in files] == ["job-0.json", "job-1.json"]
     merged = iso.run("report", *files)
     assert merged.returncode == 0, merged.stderr
-    assert re.search(r"^tcap: verdict: 2 reports from 1 node: all pools within caps \(2 processes", merged.stderr,
-                     re.M), merged.stderr
+    assert re.search(r"^verdict: 2 reports from 1 node: all pools within caps \(2 processes", merged.stdout,
+                     re.M), merged.stdout
     assert all(json.loads(Path(f).read_text())["launch"]["launcher"] == "Slurm" for f in files)
 
 

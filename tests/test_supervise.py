@@ -331,10 +331,9 @@ def test_report_merges_launches_of_several_nodes(sv: Isolated) -> None:
     other["launch"]["host"] = "node02"
     (sv.work / "b.json").write_text(json.dumps(other))
     merged = sv.run("report", "--json", "m.json", "a.json", "b.json", cwd=sv.work)
-    assert merged.returncode == 0, merged.stderr
-    assert len(re.findall(r"^tcap: node \S+: 1 launch, 1 processes$", merged.stderr, re.M)) == 2, merged.stderr
-    assert re.search(r"^tcap: verdict: 2 reports from 2 nodes: all pools within caps \(2 processes", merged.stderr,
-                     re.M)
+    assert merged.returncode == 0 and merged.stderr == "", merged.stderr
+    assert len(re.findall(r"^node \S+: 1 launch, 1 processes$", merged.stdout, re.M)) == 2, merged.stdout
+    assert re.search(r"^verdict: 2 reports from 2 nodes: all pools within caps \(2 processes", merged.stdout, re.M)
     data = json.loads((sv.work / "m.json").read_text())
     assert sorted(node["host"] for node in data["nodes"])[0] == "node02"
     assert all(node["budget"]["cpus"] for node in data["nodes"])
@@ -344,13 +343,15 @@ def test_report_merges_launches_of_several_nodes(sv: Isolated) -> None:
     (None, "cannot read report"),
     ("{not json", "not a tcap report (JSON"),
     ('{"processes": 3}', "not a tcap report (written by tcap run --report-json)"),
+    ('{"processes": [], "verdict": "v", "launch": {"host": "h", "rank": null, "node_cpus": 2, "budget_samples": '
+     '[[1.5, 2, "many"]]}}', "launch.budget_samples[0][2]: expected an integer"),
 ])
 def test_report_of_a_bad_file_is_one_line_and_exit_2(sv: Isolated, content: str | None, message: str) -> None:
     path = sv.work / "bad.json"
     if content is not None:
         path.write_text(content)
     out = sv.run("report", str(path))
-    assert out.returncode == 2
+    assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and str(path) in out.stderr and message in out.stderr, out.stderr
 
 

@@ -341,21 +341,26 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
 
 
 def report(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
-    """``tcap report FILE...``: merge the reports of several launches."""
+    """``tcap report FILE...``: merge the reports of several launches; the
+    report on stdout, ``--json`` into its file (checked before any report is
+    read: never one of them)."""
     from tcap import supervise
+    from tcap.errors import EXIT_IO
 
     if not rest:
         raise TcapError("tcap report: missing the report files (written by tcap run --report-json)")
     if len(rest) > supervise.MAX_REPORTS:
         raise TcapError(f"tcap report: {len(rest)} files, more than the {supervise.MAX_REPORTS} it merges")
-    text, data = supervise.merge_reports([(path, supervise.read_report(path)) for path in rest])
-    sys.stderr.write(text)
-    if options.get("json"):
+    out = options.get("json")
+    if out:
+        supervise.check_destination(out, "--json", rest)
+    text, data = supervise.merge_reports([supervise.read_report(path) for path in rest])
+    if out:  # before stdout, which a pager closed early would end
         try:
-            with open(options["json"], "w") as f:
-                f.write(json_dumps(data))
+            supervise.write_json(out, data)
         except OSError as failure:
-            raise TcapError(f"cannot write --json: {failure.strerror}", path=options["json"]) from None
+            raise TcapError(f"cannot write --json: {failure.strerror or failure}", code=EXIT_IO, path=out) from None
+    sys.stdout.write(text)
     return 1 if data["violations"] or data["over_budget"] else 0
 
 

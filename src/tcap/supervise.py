@@ -19,15 +19,20 @@ process group, and is not sent a second time.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from array import array
 
-from tcap.errors import EXIT_INTERNAL, EXIT_VIOLATION
+from tcap import safefile
+from tcap.errors import EXIT_IO, EXIT_USAGE, EXIT_VIOLATION, one_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -79,7 +84,15 @@ def supervise(
 ) -> int:
     """Run ``argv`` as a child under ``recipe``; return the exit code for tcap."""
     from tcap import launch
+    from tcap.machine import hostname
+    from tcap.ranks import read_ranks
 
+    host = hostname()
+    ranks = read_ranks(environ, host)
+    destination = None
+    if report_json:  # before anything starts: a report that cannot be written, and the command never runs
+        destination = expand(report_json, ranks, host)
+        check_destination(destination, "--report-json")
     env = launch.child_environ(recipe, environ)
     found = launch.find_command(argv[0], env)  # 127/126 before anything starts
     launch.pin(recipe, environ, env)  # on tcap itself (and booked for it): the child inherits it
@@ -99,11 +112,6 @@ def supervise(
     strict = recipe.get("verify") == "strict"
     result = EXIT_VIOLATION if strict and violated and code == 0 else code
     summary["exit_code"] = result
-    from tcap.machine import hostname
-    from tcap.ranks import read_ranks
-
-    host = hostname()
-    ranks = read_ranks(environ, host)
     summary["launch"] = launch_facts(recipe, ranks, host, cpus, sampler.budget.samples)
     if report:
         sys.stderr.write(table(processes) + findings(summary))
@@ -111,16 +119,14 @@ def supervise(
         suffix = f"; exit {EXIT_VIOLATION} (verify strict)" if result == EXIT_VIOLATION else ""
         sys.stderr.write(f"tcap: verdict: {summary['verdict']}{suffix}\n")
     sys.stderr.flush()
-    if report_json:
-        report_json = expand(report_json, ranks, host)
+    if destination is not None:
         try:
-            with open(report_json, "w") as f:
-                json.dump({"processes": processes, **summary}, f, indent=2)
-                f.write("\n")
-        except OSError as failure:
-            sys.stderr.write(f"tcap: error: cannot write --report-json {report_json}: {failure.strerror}\n")
+            write_json(destination, {"processes": processes, **summary})
+        except OSError as failure:  # checked before the start: a full disk, a directory made read-only since
+            sys.stderr.write(f"tcap: error: {one_line(destination)}: cannot write --report-json: "
+                             f"{one_line(failure.strerror or str(failure))}\n")
             if result == 0:
-                result = EXIT_INTERNAL
+                result = EXIT_IO
     return result
 
 
@@ -427,26 +433,94 @@ class Budget:
                 "longest_over_seconds": round(self.longest, 2), "grace_seconds": BUDGET_GRACE,
                 "violated": self.longest > BUDGET_GRACE}
 
-    @classmethod
-    def merged(cls, cpus: int | None, series: Sequence[Sequence[Sequence[float]]]) -> Budget:
-        """The budget of several launches on one node from their samples: at
-        each sample time, each launch counts with its latest sample (while it
-        runs)."""
-        budget = cls(cpus)
-        times = sorted({float(sample[0]) for samples in series for sample in samples})
-        positions = [0] * len(series)
-        for when in times:
-            threads = processes = 0
-            for index, samples in enumerate(series):
-                if not samples or not samples[0][0] <= when <= samples[-1][0]:
-                    continue
-                while positions[index] + 1 < len(samples) and samples[positions[index] + 1][0] <= when:
-                    positions[index] += 1
-                threads += int(samples[positions[index]][1])
-                processes += int(samples[positions[index]][2])
-            budget.add(when, threads, processes)
-        return budget
+    #: tcap report's merge takes the samples of all launches in windows of
+    #: about this many (the memory it holds at once)...
+    WINDOW = 1 << 16
+    #: ...whose bounds come from every STRIDE-th sample of each launch.
+    STRIDE = 64
 
+    @classmethod
+    def merged(cls, cpus: int | None, series: Sequence[Samples]) -> Budget:
+        """The budget of several launches on one node from their samples: at
+        each sample time of any of them, each launch counts with its latest
+        sample (from its first sample to its last).
+
+        One pass over the samples in time order, in windows of about WINDOW
+        samples (each launch's samples are sorted already), linear in their
+        number. The sum changes only where a launch's threads or busy
+        processes change, and at the first sample time after a launch's last
+        (which takes its last values away): only those points are gone
+        through one by one. Between them the sum stands still, so a stretch
+        over the CPUs lasts from the point it starts at to the last sample
+        time before the point it ends at."""
+        from bisect import bisect_left, bisect_right
+        from itertools import chain, compress
+        from operator import or_
+
+        budget = cls(cpus)
+        series = [samples for samples in series if samples.times]
+        if not series:
+            return budget
+        step = max(1, cls.WINDOW // cls.STRIDE)
+        some = sorted(chain.from_iterable(samples.times[::cls.STRIDE] for samples in series))
+        bounds = list(dict.fromkeys(some[step::step]))  # each window: about WINDOW samples
+        ends = sorted((samples.times[-1], samples.last) for samples in series) + [(math.inf, (0, 0))]
+        ended = 0
+        carried: list[tuple[int, int]] = []  # launches that ended after the last sample time of the window before
+        starts = [0] * len(series)
+        peak = peak_processes = threads = processes = 0
+        longest = 0.0
+        over_since: float | None = None
+        before = -math.inf  # the last sample time of the windows before
+        current = -math.inf
+        for bound in chain(bounds, (math.inf,)):
+            parts = []
+            events: list[tuple[float, int, int]] = []
+            for index, samples in enumerate(series):
+                first = starts[index]
+                if first < len(samples.times) and samples.times[first] < bound:
+                    last = bisect_left(samples.times, bound, first)
+                    chunk = samples.times[first:last]
+                    more, busier = samples.threads[first:last], samples.processes[first:last]
+                    parts.append(chunk)
+                    events += compress(zip(chunk, more, busier), map(or_, more, busier))  # where it changes
+                    starts[index] = last
+            if not parts:
+                continue
+            # Every sample time of the window, sorted when an end or a stretch over the CPUs needs one.
+            times: list[float] = []
+            events += ((min(chunk[0] for chunk in parts), -gone[0], -gone[1]) for gone in carried)
+            carried = []
+            while ends[ended][0] < bound:
+                times = times or sorted(chain.from_iterable(parts))
+                position = bisect_right(times, ends[ended][0])
+                if position < len(times):
+                    events.append((times[position], -ends[ended][1][0], -ends[ended][1][1]))
+                else:
+                    carried.append(ends[ended][1])
+                ended += 1
+            events.sort()
+            events.append((bound, 0, 0))  # closes the window's last point here, where ``times`` is its own
+            for when, more_threads, more_processes in events:
+                if when != current:  # the sum at ``current`` is complete: what Budget.add does
+                    if threads > peak:
+                        peak, peak_processes = threads, processes
+                    if cpus and threads > cpus:
+                        if over_since is None:
+                            over_since = current
+                    elif over_since is not None:  # over until the sample time before ``current``
+                        times = times or sorted(chain.from_iterable(parts))
+                        position = bisect_left(times, current)
+                        longest = max(longest, (times[position - 1] if position else before) - over_since)
+                        over_since = None
+                    current = when
+                threads += more_threads
+                processes += more_processes
+            before = max(chunk[-1] for chunk in parts)
+        if over_since is not None:  # over until the last sample
+            longest = max(longest, before - over_since)
+        budget.peak, budget.peak_processes, budget.longest = peak, peak_processes, longest
+        return budget
 
 class Sampler:
     """The child's process tree, sampled from /proc: per pid the command
@@ -527,9 +601,46 @@ class Sampler:
         return cached[1]
 
 
+#: A probe record is at most this large (its pools, violations and enforcements).
+MAX_RECORD_BYTES = 4 << 20
+#: Bounds of what reports and probe records hold: pids, counts (threads,
+#: processes, CPUs), wall-clock and CPU seconds.
+MAX_PID = (1 << 31) - 1
+MAX_COUNT = (1 << 30) - 1
+MAX_SECONDS = 1e11
+STATUSES = ("ok", "VIOLATION", "unverified")
+
+
+class Samples:
+    """One launch's budget samples, compact for a merge of thousands
+    (``tcap report``): their wall times, sorted and each once; at each the
+    change of the pool threads and of the busy processes since the sample
+    before; ``last``: both at the last sample."""
+
+    __slots__ = ("times", "threads", "processes", "last")
+
+    def __init__(self, times: Sequence[float], threads: Sequence[int], processes: Sequence[int]) -> None:
+        from itertools import chain, islice
+        from operator import lt, sub
+
+        if not all(map(lt, times, islice(times, 1, None))):
+            # Out of order (the clock was set back) or a time twice: sorted,
+            # the last sample of each time kept (as a launch would count).
+            kept = {times[index]: index for index in sorted(range(len(times)), key=times.__getitem__)}
+            times = list(kept)
+            threads = [threads[index] for index in kept.values()]
+            processes = [processes[index] for index in kept.values()]
+        self.times = array("d", times)
+        self.threads = array("i", map(sub, threads, chain((0,), threads)))
+        self.processes = array("i", map(sub, processes, chain((0,), processes)))
+        self.last = (threads[-1], processes[-1]) if len(threads) else (0, 0)
+
+
 def read_records(directory: str) -> dict[int, dict[str, Any]]:
-    """The probe records ``<pid>.json`` in ``directory``; symlinks and
-    anything malformed are skipped."""
+    """The probe records ``<pid>.json`` in ``directory``, each checked field
+    by field; symlinks, FIFOs, records larger than MAX_RECORD_BYTES and
+    malformed ones are skipped (their processes show as unverified): a
+    child writes these files, and must not be able to crash or hang tcap."""
     records: dict[int, dict[str, Any]] = {}
     try:
         entries = list(os.scandir(directory))
@@ -537,24 +648,143 @@ def read_records(directory: str) -> dict[int, dict[str, Any]]:
         return records
     for entry in entries:
         stem, dot, ext = entry.name.partition(".")
-        if not (dot and ext == "json" and stem.isdigit()) or not entry.is_file(follow_symlinks=False):
+        if not (dot and ext == "json" and stem.isascii() and stem.isdigit() and len(stem) <= 10):
             continue
         record = _load_record(entry.path)
-        if record is not None and record.get("pid") == int(stem):
+        if record is not None and record["pid"] == int(stem):
             records[int(stem)] = record
     return records
 
 
 def _load_record(path: str) -> dict[str, Any] | None:
-    """One probe record (never through a symlink), or None when it is
-    unreadable or not a JSON object."""
+    """One probe record (never through a symlink, never a FIFO, at most
+    MAX_RECORD_BYTES) with the fields merge() and the sampler use, checked;
+    None when it is anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
+        return _record(safefile.load_json(safefile.read(path, MAX_RECORD_BYTES, follow=False)))
+    except (OSError, ValueError):  # _Bad is a ValueError
         return None
-    return record if isinstance(record, dict) else None
+
+
+def _record(data: Any) -> dict[str, Any]:
+    """The fields of a probe record (tcap.probe._write_record) that tcap reads."""
+    record = _object(data, "record")
+    pools = _items(record.get("pools"), "pools", null=True)
+    violations = _items(record.get("violations"), "violations", null=True)
+    return {
+        "pid": _integer(record.get("pid"), "pid", 1, MAX_PID),
+        "ppid": _integer(record.get("ppid"), "ppid", 0, MAX_PID, null=True),
+        "argv": _strings(record.get("argv"), "argv", null=True),
+        "peak_os_threads": _integer(record.get("peak_os_threads"), "peak_os_threads", null=True),
+        "peak_unexplained_threads": _integer(record.get("peak_unexplained_threads"), "peak_unexplained_threads",
+                                             null=True),
+        "pools": [_probe_pool(pool, f"pools[{index}]") for index, pool in enumerate(pools)],
+        "violations": [_violation(item, f"violations[{index}]", "internal_api") for index, item in
+                       enumerate(violations)],
+        "enforced": _enforced(record.get("enforced"), "enforced"),
+        "hazards": _hazards(record.get("hazards"), "hazards"),
+    }
+
+
+def _probe_pool(value: Any, where: str) -> dict[str, Any]:
+    pool = _object(value, where)
+    return {
+        "internal_api": _text(pool.get("internal_api"), f"{where}.internal_api", null=True),
+        "user_api": _text(pool.get("user_api"), f"{where}.user_api", null=True),
+        "num_threads": _integer(pool.get("num_threads"), f"{where}.num_threads", null=True),
+        "peak_threads": _integer(pool.get("peak_threads"), f"{where}.peak_threads", null=True),
+        "cap": _integer(pool.get("cap"), f"{where}.cap", null=True),
+        "filepath": _text(pool.get("filepath"), f"{where}.filepath", null=True),
+    }
+
+
+def _violation(value: Any, where: str, name: str) -> dict[str, Any]:
+    """A violation of a probe record (its pool's ``internal_api``) or of a
+    report (``name``)."""
+    item = _object(value, where)
+    return {
+        name: _text(item.get(name), f"{where}.{name}", null=True),
+        "threads": _integer(item.get("threads"), f"{where}.threads", null=True),
+        "cap": _integer(item.get("cap"), f"{where}.cap", null=True),
+        "at": _number(item.get("at"), f"{where}.at", 0, MAX_SECONDS, null=True),
+    }
+
+
+def _enforced(value: Any, where: str) -> list[dict[str, Any]]:
+    """What enforce did: passed through to the report, so only JSON scalars."""
+    out = []
+    for index, item in enumerate(_items(value, where, null=True)):
+        entry = _object(item, f"{where}[{index}]")
+        for key, field in entry.items():
+            if not (field is None or isinstance(field, (str, bool))
+                    or safefile.number(field, -MAX_SECONDS, MAX_SECONDS, integer=False) is not None):
+                raise _Bad(f"{where}[{index}].{key}: expected a string, a number or null")
+        out.append(dict(entry))
+    return out
+
+
+def _hazards(value: Any, where: str) -> list[dict[str, Any]]:
+    out = []
+    for index, item in enumerate(_items(value, where, null=True)):
+        hazard = _object(item, f"{where}[{index}]")
+        out.append({key: _text(hazard.get(key), f"{where}[{index}].{key}") for key in ("kind", "what")})
+    return out
+
+
+class _Bad(ValueError):
+    """A field that is not what tcap writes there: ``where: what was expected``."""
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(f"{where}: expected an object")
+    return value
+
+
+def _items(value: Any, where: str, null: bool = False) -> list[Any]:
+    if value is None and null:
+        return []
+    if not isinstance(value, list):
+        raise _Bad(f"{where}: expected a list")
+    return value
+
+
+def _integer(value: Any, where: str, low: int = 0, high: int = MAX_COUNT, null: bool = False) -> Any:
+    if value is None and null:
+        return None
+    if safefile.number(value, low, high) is None:
+        raise _Bad(f"{where}: expected an integer from {low} to {high}" + (" or null" if null else ""))
+    return value
+
+
+def _number(value: Any, where: str, low: float, high: float, null: bool = False) -> Any:
+    if value is None and null:
+        return None
+    if safefile.number(value, low, high, integer=False) is None:
+        raise _Bad(f"{where}: expected a number from {low:g} to {high:g}" + (" or null" if null else ""))
+    return value
+
+
+def _text(value: Any, where: str, null: bool = False) -> Any:
+    if value is None and null:
+        return None
+    if not isinstance(value, str):
+        raise _Bad(f"{where}: expected a string" + (" or null" if null else ""))
+    return value
+
+
+def _strings(value: Any, where: str, null: bool = False) -> list[str]:
+    items = _items(value, where, null)
+    for index, item in enumerate(items):
+        _text(item, f"{where}[{index}]")
+    return list(items)
+
+
+def _get(data: Mapping[str, Any], key: str, where: str) -> Any:
+    """``data[key]``, which a report must have."""
+    if key not in data:
+        raise _Bad(f"{where}{key}: missing")
+    return data[key]
 
 
 def _short(argv: Sequence[str]) -> str:
@@ -564,15 +794,23 @@ def _short(argv: Sequence[str]) -> str:
     return " ".join(words)
 
 
+def _printable(text: object) -> str:
+    """``text`` with the characters a terminal acts on escaped (``\\x1b``,
+    ``\\r``, tabs: they would break the columns): what a child, a probe
+    record or a report file holds cannot forge or hide a line."""
+    return one_line(str(text)).replace("\t", "\\t")
+
+
 def merge(
     records: Mapping[int, Mapping[str, Any]], sampled: Mapping[int, Mapping[str, Any]], first: int | None
 ) -> list[dict[str, Any]]:
-    """One entry per process seen by the probe or the sampler: the child first, then by pid."""
+    """One entry per process seen by the probe (``records``, checked by
+    :func:`read_records`) or the sampler: the child first, then by pid."""
     processes = []
     for pid in sorted(set(records) | set(sampled), key=lambda p: (p != first, p)):
         record = records.get(pid)
         seen = sampled.get(pid)
-        argv = list(record.get("argv") or []) if record else list(seen["argv"] if seen else [])
+        argv = list(record["argv"]) if record else list(seen["argv"] if seen else [])
         peaks = [
             value
             for value in ((record or {}).get("peak_os_threads"), (seen or {}).get("peak_os_threads"))
@@ -580,17 +818,17 @@ def merge(
         ]
         pools = [
             {
-                "name": pool.get("internal_api"),
-                "user_api": pool.get("user_api"),
-                "threads": pool.get("peak_threads") or pool.get("num_threads") or 0,
-                "cap": pool.get("cap"),
-                "filepath": pool.get("filepath"),
+                "name": pool["internal_api"],
+                "user_api": pool["user_api"],
+                "threads": pool["peak_threads"] or pool["num_threads"] or 0,
+                "cap": pool["cap"],
+                "filepath": pool["filepath"],
             }
-            for pool in (record or {}).get("pools") or []
+            for pool in (record or {}).get("pools", ())
         ]
         violations = [
-            {"name": v.get("internal_api"), "threads": v.get("threads"), "cap": v.get("cap"), "at": v.get("at")}
-            for v in (record or {}).get("violations") or []
+            {"name": v["internal_api"], "threads": v["threads"], "cap": v["cap"], "at": v["at"]}
+            for v in (record or {}).get("violations", ())
         ]
         status = "unverified" if record is None else "VIOLATION" if violations else "ok"
         processes.append(
@@ -602,10 +840,10 @@ def merge(
                 "status": status,
                 "pools": pools,
                 "violations": violations,
-                "enforced": list((record or {}).get("enforced") or []),
+                "enforced": list((record or {}).get("enforced", ())),
                 "peak_os_threads": max(peaks) if peaks else None,
                 "unexplained_threads": (record or {}).get("peak_unexplained_threads"),
-                "hazards": [h for h in (record or {}).get("hazards") or [] if isinstance(h, dict)],
+                "hazards": list((record or {}).get("hazards", ())),
                 "cpu_seconds": (seen or {}).get("cpu_seconds"),
             }
         )
@@ -637,7 +875,8 @@ def summarize(
     noun = "process" if len(processes) == 1 else "processes"
     counts = f"{len(processes)} {noun}, {verified} verified, {unverified} unverified"
     if violations:
-        shown = ", ".join(f"{v['name']} {v['threads']} > {v['cap']} in pid {v['pid']}" for v in violations[:3])
+        shown = ", ".join(f"{_printable(v['name'])} {v['threads']} > {v['cap']} in pid {v['pid']}"
+                          for v in violations[:3])
         more = f", {len(violations) - 3} more" if len(violations) > 3 else ""
         plural = "s" if len(violations) != 1 else ""
         verdict = f"{counts}, {len(violations)} violation{plural} ({shown}{more})"
@@ -676,8 +915,9 @@ def budget_text(budget: Mapping[str, Any]) -> str:
     return text
 
 
-def findings(summary: Mapping[str, Any]) -> str:
-    """The lines after the table: the launch budget, hazards and notes."""
+def findings(summary: Mapping[str, Any], prefix: str = "tcap: ") -> str:
+    """The lines after the table: the launch budget, hazards and notes
+    (each after ``prefix``: ``tcap:`` on stderr, nothing on stdout)."""
     budget = summary["budget"]
     lines = []
     if budget["cpus"]:
@@ -687,20 +927,21 @@ def findings(summary: Mapping[str, Any]) -> str:
     for hazard in summary["hazards"]:
         pids = ", ".join(str(pid) for pid in hazard["pids"][:4]) + (", ..." if len(hazard["pids"]) > 4 else "")
         lines.append(f"{hazard['kind']}: {hazard['what']} (pid {pids})")
-    return "".join(f"tcap: {line}\n" for line in lines)
+    return "".join(f"{prefix}{_printable(line)}\n" for line in lines)
 
 
-def table(processes: Sequence[Mapping[str, Any]]) -> str:
-    """The per-process table for stderr; OTHER: the native threads no known
-    pool and no Python thread accounts for."""
+def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str:
+    """The per-process table, each line after ``prefix`` (``tcap:`` on
+    stderr, nothing on stdout); OTHER: the native threads no known pool and
+    no Python thread accounts for. Every cell printable (:func:`_printable`)."""
     ranked = any(process.get("rank") for process in processes)
     rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "OTHER", "CPU s", "STATUS")]
     for process in processes:
-        command = " ".join(str(process["command"]).split())  # one line, whatever the argv holds
+        command = _printable(" ".join(str(process["command"]).split()))  # one line, whatever the argv holds
         if len(command) > COMMAND_WIDTH:
             command = command[: COMMAND_WIDTH - 3] + "..."
         pools = ", ".join(
-            f"{pool['name']} {pool['threads']}/{'-' if pool['cap'] is None else pool['cap']}"
+            f"{_printable(pool['name'])} {pool['threads']}/{'-' if pool['cap'] is None else pool['cap']}"
             for pool in process["pools"]
         )
         if process["status"] == "unverified":
@@ -719,75 +960,269 @@ def table(processes: Sequence[Mapping[str, Any]]) -> str:
             )
         )
     if ranked:
-        rows = [(("RANK",) if index == 0 else (str(processes[index - 1].get("rank") or "-"),)) + row
+        rows = [(("RANK",) if index == 0 else (_printable(processes[index - 1].get("rank") or "-"),)) + row
                 for index, row in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
-    return "".join(f"tcap: {line.rstrip()}\n" for line in lines)
+    return "".join(f"{prefix}{line.rstrip()}\n" for line in lines)
 
 
 #: ``tcap report`` reads at most this many files, each at most this large.
 MAX_REPORTS = 4096
 MAX_REPORT_BYTES = 64 << 20
+#: What an OS error reading a report says about the file the user named
+#: (exit 2); any other is an I/O error (74).
+_NAMED_WRONG = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR)
 
 
-def read_report(path: str) -> dict[str, Any]:
-    """One ``--report-json`` file; a TcapError names the file otherwise."""
-    from tcap.errors import TcapError
-    from tcap.profiles import read_bounded
+class Report:
+    """One ``--report-json`` file as ``tcap report`` merges it: its fields
+    checked, its budget samples compact (:class:`Samples`)."""
 
-    raw = read_bounded(path, MAX_REPORT_BYTES, "report")
+    __slots__ = ("path", "host", "rank", "node_cpus", "processes", "samples")
+
+    def __init__(self, path: str, host: str, rank: str | None, node_cpus: int | None,
+                 processes: list[dict[str, Any]], samples: Samples) -> None:
+        self.path, self.host, self.rank, self.node_cpus = path, host, rank, node_cpus
+        self.processes, self.samples = processes, samples
+
+
+def read_report(path: str) -> Report:
+    """One ``--report-json`` file, read through safefile (a FIFO or a device
+    is refused without blocking, a file over MAX_REPORT_BYTES before it is
+    read), parsed within bounded depth, and every field the merge uses
+    checked for its type and range; a TcapError names the file and the
+    field otherwise."""
+    from tcap.errors import EXIT_IO, TcapError
+
     try:
-        data = json.loads(raw)
+        raw = safefile.read(path, MAX_REPORT_BYTES)
+    except safefile.Refused as failure:
+        raise TcapError(f"not a tcap report: {failure.strerror}", path=path) from None
+    except OSError as failure:
+        code = EXIT_USAGE if failure.errno in _NAMED_WRONG else EXIT_IO
+        raise TcapError(f"cannot read report: {failure.strerror or failure}", code=code, path=path) from None
+    try:
+        data = safefile.load_json(raw)
     except ValueError as failure:
         raise TcapError(f"not a tcap report (JSON: {failure})", path=path) from None
-    if not isinstance(data, dict) or not isinstance(data.get("processes"), list) or "verdict" not in data:
-        raise TcapError("not a tcap report (written by tcap run --report-json)", path=path)
-    return data
+    del raw
+    try:
+        return _report(path, data)
+    except _Bad as bad:
+        raise TcapError(str(bad), path=path) from None
 
 
-def merge_reports(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[str, dict[str, Any]]:
+def _report(path: str, data: Any) -> Report:
+    if not isinstance(data, dict):
+        raise _Bad("not a tcap report (written by tcap run --report-json): not a JSON object")
+    for key, kind, noun in (("verdict", str, "a string"), ("processes", list, "a list"), ("launch", dict, "an object")):
+        if not isinstance(data.get(key), kind):
+            found = "missing" if key not in data else f"expected {noun}"
+            raise _Bad(f"not a tcap report (written by tcap run --report-json): {key}: {found}")
+    processes = [_report_process(item, f"processes[{index}]") for index, item in enumerate(data["processes"])]
+    launch = data["launch"]
+    return Report(
+        path,
+        _text(_get(launch, "host", "launch."), "launch.host") or "unknown host",
+        _text(_get(launch, "rank", "launch."), "launch.rank", null=True),
+        _integer(_get(launch, "node_cpus", "launch."), "launch.node_cpus", 1, MAX_COUNT, null=True),
+        processes,
+        _samples(_get(launch, "budget_samples", "launch."), "launch.budget_samples"),
+    )
+
+
+def _report_process(value: Any, where: str) -> dict[str, Any]:
+    """A process entry of a report, as merge() wrote it."""
+    process = _object(value, where)
+    at = f"{where}."
+
+    def field(key: str) -> Any:
+        return _get(process, key, at)
+
+    status = _text(field("status"), at + "status")
+    if status not in STATUSES:
+        raise _Bad(f"{at}status: expected one of {', '.join(STATUSES)}")
+    return {
+        "pid": _integer(field("pid"), at + "pid", 1, MAX_PID),
+        "ppid": _integer(field("ppid"), at + "ppid", 0, MAX_PID, null=True),
+        "command": _text(field("command"), at + "command"),
+        "argv": _strings(field("argv"), at + "argv"),
+        "status": status,
+        "pools": [_report_pool(item, f"{at}pools[{index}]")
+                  for index, item in enumerate(_items(field("pools"), at + "pools"))],
+        "violations": [_violation(item, f"{at}violations[{index}]", "name")
+                       for index, item in enumerate(_items(field("violations"), at + "violations"))],
+        "enforced": _enforced(field("enforced"), at + "enforced"),
+        "peak_os_threads": _integer(field("peak_os_threads"), at + "peak_os_threads", null=True),
+        "unexplained_threads": _integer(field("unexplained_threads"), at + "unexplained_threads", null=True),
+        "hazards": _hazards(field("hazards"), at + "hazards"),
+        "cpu_seconds": _number(field("cpu_seconds"), at + "cpu_seconds", 0, MAX_SECONDS, null=True),
+    }
+
+
+def _report_pool(value: Any, where: str) -> dict[str, Any]:
+    pool = _object(value, where)
+    at = f"{where}."
+    return {
+        "name": _text(_get(pool, "name", at), at + "name", null=True),
+        "user_api": _text(_get(pool, "user_api", at), at + "user_api", null=True),
+        "threads": _integer(_get(pool, "threads", at), at + "threads"),
+        "cap": _integer(_get(pool, "cap", at), at + "cap", null=True),
+        "filepath": _text(_get(pool, "filepath", at), at + "filepath", null=True),
+    }
+
+
+def _samples(value: Any, where: str) -> Samples:
+    """A report's budget samples: at most Budget.KEPT rows of [wall time,
+    pool threads, busy processes]. Checked a column at a time (thousands of
+    reports of thousands of samples are merged in seconds); the first bad
+    row is looked for only when there is one."""
+    rows = _items(value, where)
+    if len(rows) > Budget.KEPT:
+        raise _Bad(f"{where}: {len(rows)} samples, more than the {Budget.KEPT} tcap writes")
+    if not rows:
+        return Samples((), (), ())
+    if set(map(type, rows)) == {list} and set(map(len, rows)) == {3}:
+        from operator import itemgetter
+
+        times, threads, processes = (list(map(itemgetter(column), rows)) for column in range(3))
+        if _within(times, MAX_SECONDS, (int, float)) and _within(threads, MAX_COUNT, (int,)) \
+                and _within(processes, MAX_COUNT, (int,)):
+            return Samples(times, threads, processes)
+    for index, row in enumerate(rows):
+        at = f"{where}[{index}]"
+        if not isinstance(row, list) or len(row) != 3:
+            raise _Bad(f"{at}: expected [wall time, pool threads, busy processes]")
+        _number(row[0], at + "[0]", 0, MAX_SECONDS)
+        _integer(row[1], at + "[1]")
+        _integer(row[2], at + "[2]")
+    raise AssertionError("a bad sample not found again")  # pragma: no cover
+
+
+def _within(column: Sequence[Any], high: float, kinds: tuple[type, ...]) -> bool:
+    """Every value of ``column`` of one of ``kinds`` (booleans are not
+    numbers here) and from 0 to ``high`` (an infinity is not)."""
+    return set(map(type, column)) <= set(kinds) and min(column) >= 0 and max(column) <= high
+
+
+def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
     """Several launches' reports (the ranks of a job, on one node or many):
-    one table per node, the launch budget per node, one verdict."""
-    nodes: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-    for path, data in reports:
-        launch = data.get("launch") or {}
-        nodes.setdefault(str(launch.get("host") or "unknown host"), []).append((path, data))
+    one table per node, the launch budget per node, one verdict; the text
+    for stdout (no ``tcap:`` prefixes) and the data for ``--json``."""
+    nodes: dict[str, list[Report]] = {}
+    for item in reports:
+        nodes.setdefault(item.host, []).append(item)
     lines: list[str] = []
     everything: list[dict[str, Any]] = []
     out_nodes = []
     budgets = []
     for host in sorted(nodes):
-        launches = sorted(nodes[host], key=lambda item: (str((item[1].get("launch") or {}).get("rank") or ""),
-                                                         item[0]))
-        processes = []
-        for path, data in launches:
-            rank = (data.get("launch") or {}).get("rank") or path
-            for process in data["processes"]:
-                if isinstance(process, dict):
-                    processes.append({**process, "rank": rank})
-        cpus = [int(c) for c in ((d.get("launch") or {}).get("node_cpus") for _, d in launches) if isinstance(c, int)]
-        series = [list((d.get("launch") or {}).get("budget_samples") or []) for _, d in launches]
-        budget = Budget.merged(max(cpus) if cpus else None, series).result()
+        launches = sorted(nodes[host], key=lambda item: (item.rank or "", item.path))
+        processes = [{**process, "rank": item.rank or item.path} for item in launches for process in item.processes]
+        cpus = [item.node_cpus for item in launches if item.node_cpus is not None]
+        budget = Budget.merged(max(cpus) if cpus else None, [item.samples for item in launches]).result()
         budgets.append((host, budget))
         noun = "launch" if len(launches) == 1 else "launches"
-        lines.append(f"tcap: node {host}: {len(launches)} {noun}, {len(processes)} processes\n")
-        lines.append(table(processes))
+        lines.append(f"node {_printable(host)}: {len(launches)} {noun}, {len(processes)} processes\n")
+        lines.append(table(processes, prefix=""))
         if budget["cpus"]:
             state = "VIOLATION" if budget["violated"] else "ok"
-            lines.append(f"tcap: launch budget of {host}: {budget_text(budget)} ({state})\n")
+            lines.append(f"launch budget of {_printable(host)}: {budget_text(budget)} ({state})\n")
         everything += processes
-        out_nodes.append({"host": host, "reports": [path for path, _ in launches], "processes": processes,
+        out_nodes.append({"host": host, "reports": [item.path for item in launches], "processes": processes,
                           "budget": budget})
     summary = summarize(everything, None, 0)
     over = [host for host, budget in budgets if budget["violated"]]
     verdict = summary["verdict"]
     if over:
-        verdict += f"; over the launch budget on {', '.join(over)}"
+        verdict += f"; over the launch budget on {', '.join(_printable(host) for host in over)}"
     plural = "s" if len(nodes) != 1 else ""
     verdict = f"{len(reports)} reports from {len(nodes)} node{plural}: {verdict}"
-    lines.append(findings({**summary, "budget": {"cpus": None}}))
-    lines.append(f"tcap: verdict: {verdict}\n")
+    lines.append(findings({**summary, "budget": {"cpus": None}}, prefix=""))
+    lines.append(f"verdict: {verdict}\n")
     data = {"nodes": out_nodes, "verdict": verdict, "violations": summary["violations"],
             "hazards": summary["hazards"], "over_budget": over, "totals": summary["totals"]}
     return "".join(lines), data
+
+
+def check_destination(path: str, flag: str, inputs: Sequence[str] = ()) -> None:
+    """Before anything runs or is read: ``path`` (the file of ``flag``) can
+    be written by safefile.write_atomic, and is none of ``inputs`` (the
+    same file under any name). A directory or a FIFO there, or an input,
+    is exit 2; a directory that takes no new file (read-only, full, missing)
+    is 74. One line naming the path."""
+    from tcap.errors import EXIT_IO, TcapError
+
+    try:
+        info = os.stat(path)
+        target = (info.st_dev, info.st_ino)
+    except OSError:
+        target = None
+    for source in inputs if target is not None else ():
+        try:
+            other = os.stat(source)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == target:
+            same = "one of the reports it merges" if source == path else f"{source}, a report it merges"
+            raise TcapError(f"{flag} is {same}; refusing to overwrite it", path=path)
+    _replaceable(path, flag)
+    try:
+        safefile.check_writable(path)
+    except safefile.Refused as failure:
+        raise TcapError(f"cannot write {flag}: {failure.strerror}", path=path) from None
+    except OSError as failure:
+        raise TcapError(f"cannot write {flag}: {failure.strerror or failure}", code=EXIT_IO, path=path) from None
+
+
+def _replaceable(path: str, flag: str) -> None:
+    """In a sticky directory (/tmp) only its owner may replace a file: one
+    another user put at ``path`` (a symlink to a victim's file, say) is
+    refused before the command starts, not found out after it ran."""
+    from tcap.errors import TcapError
+
+    me = os.geteuid() if hasattr(os, "geteuid") else 0
+    try:
+        found = os.lstat(path)
+        parent = os.stat(os.path.dirname(path) or ".")
+    except OSError:
+        return
+    if me != 0 and found.st_uid != me and parent.st_mode & stat.S_ISVTX and parent.st_uid != me:
+        what = "a symlink" if stat.S_ISLNK(found.st_mode) else "a file"
+        raise TcapError(f"cannot write {flag}: {what} of uid {found.st_uid} is there, in a sticky directory "
+                        "(only its owner may replace it)", code=EXIT_IO, path=path)
+
+
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+    """``data`` as indented JSON into ``path``, atomically (a new file renamed
+    over it: a symlink there is replaced, not followed; a full disk leaves the
+    old file whole), created as open() would under the umask; OSError."""
+    safefile.write_atomic(path, report_text(data).encode(), _file_mode())
+
+
+def report_text(data: Mapping[str, Any]) -> str:
+    """Indented JSON, a launch's budget samples one row to a line (the rows
+    of thousands of reports are what ``tcap report`` reads)."""
+    launch = data.get("launch")
+    rows = launch.get("budget_samples") if isinstance(launch, dict) else None
+    label = "(the budget samples)"
+    if isinstance(launch, dict) and rows and all(  # rows of numbers, as Budget keeps them
+        isinstance(row, list) and all(type(value) in (int, float) for value in row) for row in rows
+    ):
+        marker = json.dumps(label)
+        short = json.dumps({**data, "launch": {**launch, "budget_samples": label}}, indent=2)
+        if short.count(marker) == 1:  # else a string of the data looks like it: written as it is
+            head, _, tail = short.partition(marker)
+            line = head[head.rindex("\n") + 1:]
+            pad = line[: len(line) - len(line.lstrip(" "))]
+            body = json.dumps(rows)[1:-1].replace("], [", f"],\n{pad}  [")  # one call: a launch is long
+            return f"{head}[\n{pad}  {body}\n{pad}]{tail}\n"
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _file_mode() -> int:
+    """0666 less the umask: the mode open() would give a new file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
