@@ -53,8 +53,11 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
             plan, depends = build_plan(options, environ, machine, command)
             recipe = recipe_of(plan, environ)
             cache.store(cache_file, key, depends, recipe)
-    for note in recipe.get("notes") or ():
-        sys.stderr.write(f"tcap: note: {note}\n")
+    if recipe.get("notes"):
+        from tcap.errors import one_line
+
+        for note in recipe["notes"]:
+            sys.stderr.write(f"tcap: note: {one_line(note)}\n")
     if options.get("kernel"):
         recipe = kernel_recipe(recipe)
         if recipe.get("bootstrap"):
