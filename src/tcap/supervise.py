@@ -1076,20 +1076,30 @@ def _report_pool(value: Any, where: str) -> dict[str, Any]:
 def _samples(value: Any, where: str) -> Samples:
     """A report's budget samples: at most Budget.KEPT rows of [wall time,
     pool threads, busy processes]. Checked a column at a time (thousands of
-    reports of thousands of samples are merged in seconds); the first bad
+    reports of thousands of samples each are read in one go); the first bad
     row is looked for only when there is one."""
+    from itertools import chain
+
     rows = _items(value, where)
     if len(rows) > Budget.KEPT:
         raise _Bad(f"{where}: {len(rows)} samples, more than the {Budget.KEPT} tcap writes")
     if not rows:
         return Samples((), (), ())
-    if set(map(type, rows)) == {list} and set(map(len, rows)) == {3}:
-        from operator import itemgetter
-
-        times, threads, processes = (list(map(itemgetter(column), rows)) for column in range(3))
-        if _within(times, MAX_SECONDS, (int, float)) and _within(threads, MAX_COUNT, (int,)) \
-                and _within(processes, MAX_COUNT, (int,)):
-            return Samples(times, threads, processes)
+    try:
+        whole = set(map(len, rows)) == {3}
+    except TypeError:  # a row with no length
+        whole = False
+    if whole:  # three of something in every row: one flat list, a column every third item
+        flat = list(chain.from_iterable(rows))
+        times, threads, processes = flat[0::3], flat[1::3], flat[2::3]
+        if set(map(type, times)) <= {int, float} and _counts(threads) and _counts(processes):
+            try:
+                samples = Samples(times, threads, processes)  # sorted: its first and last are the extremes
+            except OverflowError:  # an integer too large for a float
+                pass
+            else:
+                if samples.times[0] >= 0 and samples.times[-1] <= MAX_SECONDS:
+                    return samples
     for index, row in enumerate(rows):
         at = f"{where}[{index}]"
         if not isinstance(row, list) or len(row) != 3:
@@ -1100,10 +1110,9 @@ def _samples(value: Any, where: str) -> Samples:
     raise AssertionError("a bad sample not found again")  # pragma: no cover
 
 
-def _within(column: Sequence[Any], high: float, kinds: tuple[type, ...]) -> bool:
-    """Every value of ``column`` of one of ``kinds`` (booleans are not
-    numbers here) and from 0 to ``high`` (an infinity is not)."""
-    return set(map(type, column)) <= set(kinds) and min(column) >= 0 and max(column) <= high
+def _counts(column: Sequence[Any]) -> bool:
+    """Every value of ``column`` an integer (not a boolean) from 0 to MAX_COUNT."""
+    return set(map(type, column)) == {int} and min(column) >= 0 and max(column) <= MAX_COUNT
 
 
 def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
