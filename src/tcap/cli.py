@@ -96,8 +96,9 @@ alias and shell-init (see docs/shared-servers.md):
   completion; bookings lists the CPUs held by cpus = "auto:N" launches.
 
 report: merges the --report-json files of several launches (the ranks of a
-job, on one node or many): a table per node, the launch budget per node,
-one verdict; exits 0 when every cap and budget held, 1 otherwise.
+job, on one node or many) and prints, on standard output, a table per node,
+the launch budget per node and one verdict; exits 0 when every cap and
+budget held, 1 otherwise.
 
 sweep: runs COMMAND under every combination of the lists (e.g. --threads
 1,2,4 --workers 1,2), --repeat times each (default 3, interleaved), and
