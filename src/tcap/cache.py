@@ -7,7 +7,7 @@ and CPU pinning) plus every file the resolution depended on, with its
 used only when all of those still match, so editing, adding or removing a
 profile anywhere on the search path invalidates it.
 
-One small file per key, named by a hash of the key and read by name: a
+One small file per key, named by a checksum of the key and read by name: a
 launch reads its own entry and nothing else, so it costs the same whether
 the cache holds one plan or MAX_ENTRIES (a single file of every plan, read
 whole at each launch, made a well-used cache cost 5 ms a launch). The key
@@ -64,13 +64,13 @@ def cache_file(environ: Mapping[str, str]) -> str | None:
 
 
 def entry_path(directory: str, key: tuple[Any, ...]) -> str:
-    """The file of ``key``'s entry: 64 bits of two checksums of its repr
-    (marshal's bytes depend on reference counts; repr of tuples of strings,
-    numbers and None does not, and escapes every unprintable character)."""
-    import zlib
-
-    data = repr(key).encode()
-    return os.path.join(directory, f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}.plan")
+    """The file of ``key``'s entry: its repr (marshal's bytes depend on
+    reference counts; repr of tuples of strings, numbers and None does not,
+    and escapes every unprintable character) as a number modulo the prime
+    2**127 - 1, in hex: a few microseconds of integer arithmetic, where zlib
+    or hashlib would cost a library load (1 ms) on every launch."""
+    number = int.from_bytes(repr(key).encode(), "little") % ((1 << 127) - 1)
+    return os.path.join(directory, f"{number:032x}.plan")
 
 
 def signature(path: str) -> tuple[int, int, int] | None:
