@@ -14,6 +14,7 @@ other cases run the real ``tcap``.
 # ruff: noqa: F811 (the users and shared_tmp fixtures are imported by name)
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import io
@@ -23,6 +24,9 @@ import random
 import re
 import signal
 import subprocess
+import sys
+import zlib
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,9 +65,35 @@ def real_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert out.returncode == 0, out.stderr
     data: dict[str, Any] = json.loads((iso.work / "r.json").read_text())
     assert data["processes"][0]["pools"] and data["processes"][0]["violations"] and data["processes"][0]["enforced"]
-    assert len(data["launch"]["budget_samples"]) >= 2
+    assert len(unpacked(data["launch"]["budget_samples"])) >= 2
     data["processes"][0]["hazards"].append(dict(HAZARD))
     data["hazards"].append({**HAZARD, "pids": [data["processes"][0]["pid"]]})
+    return data
+
+
+def unpacked(packed: dict[str, str]) -> list[list[int]]:
+    """The rows [wall-clock ms, pool threads, busy processes] of packed budget samples."""
+    columns = []
+    for name, typecode in (("time_ms", "q"), ("changes", "i"), ("threads", "i"), ("processes", "i")):
+        column = array(typecode)
+        column.frombytes(zlib.decompress(base64.b64decode(packed[name])))
+        if sys.byteorder == "big":
+            column.byteswap()
+        columns.append(column.tolist())
+    times, changes, threads, processes = columns
+    rows = []
+    for index, when in enumerate(times):
+        run = sum(1 for change in changes if change <= index) - 1
+        rows.append([when, threads[run], processes[run]] if run >= 0 else [when, 0, 0])
+    return rows
+
+
+def as_earlier(data: dict[str, Any]) -> dict[str, Any]:
+    """A report as tcap wrote it before the samples were packed: rows of
+    [wall time in seconds, pool threads, busy processes]."""
+    data = copy.deepcopy(data)
+    data["launch"]["budget_samples"] = [[when / 1000, threads, processes] for when, threads, processes in
+                                        unpacked(data["launch"]["budget_samples"])]
     return data
 
 
@@ -134,18 +164,21 @@ def strict_json(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-def test_every_field_of_a_real_report_damaged_is_merged_or_one_line(iso: Isolated,
-                                                                    real_report: dict[str, Any]) -> None:
+@pytest.mark.parametrize("earlier", [False, True], ids=["packed samples", "rows of an earlier tcap"])
+def test_every_field_of_a_real_report_damaged_is_merged_or_one_line(iso: Isolated, real_report: dict[str, Any],
+                                                                    earlier: bool) -> None:
     """Each field deleted, or set to null, a string, a list, an object, a
     boolean, -1, a huge integer, 1e400: tcap report merges it (0, or 1 for the
     violation the report holds), writing strict JSON, or exits 2 with one line
-    naming the file and the field; never 125, never a traceback."""
+    naming the file and the field; never 125, never a traceback. The same for
+    the report with its samples as an earlier tcap wrote them."""
+    report = as_earlier(real_report) if earlier else real_report
     source = iso.work / "r.json"
     out = iso.work / "merged.json"
     tried = refused = 0
-    for path in fields(real_report):
+    for path in fields(report):
         for value, delete in [(None, True), *((value, False) for value in DAMAGE)]:
-            source.write_text(damaged(real_report, path, value, delete))
+            source.write_text(damaged(report, path, value, delete))
             out.unlink(missing_ok=True)
             code, stdout, stderr = call(iso, ["report", "--json", "merged.json", "r.json"])
             case = (name(path), "deleted" if delete else value, code, stderr)
@@ -190,6 +223,152 @@ def test_a_bad_field_is_named(iso: Isolated, content: str, field: str) -> None:
     (iso.work / "r.json").write_text(content)
     line = iso.error_line(iso.run("report", "r.json", timeout=HANG), 2)
     assert line.startswith(f"tcap: error: r.json: {field}"), line
+
+
+def packed_column(typecode: str, values: list[int]) -> str:
+    column = array(typecode, values)
+    if sys.byteorder == "big":
+        column.byteswap()
+    return packed_bytes(column.tobytes())
+
+
+def packed_bytes(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data)).decode()
+
+
+#: Three samples as tcap writes them (a change at each), and each of their
+#: columns damaged: (what, the field, the value, the start of the message).
+PACKED = supervise.pack_samples([[1_800_000_000_000, 2, 1], [1_800_000_000_500, 0, 0], [1_800_000_001_000, 4, 2]])
+TIMES = [1_800_000_000_000, 1_800_000_000_500, 1_800_000_001_000]
+AT = "launch.budget_samples."
+PACKED_DAMAGE = [
+    ("another encoding", "encoding", "int64-le-base64", AT + "encoding: expected"),
+    ("no encoding", "encoding", "(deleted)", AT + "encoding: missing"),
+    ("a null encoding", "encoding", None, AT + "encoding: expected"),
+    ("not base64", "threads", "AAAA*AAA", AT + "threads: not base64"),
+    ("bad padding", "time_ms", "AAAAA", AT + "time_ms: not base64"),
+    ("padding inside", "time_ms", "AA==AAAA", AT + "time_ms: not base64"),
+    ("not ASCII", "processes", "AAAA\u00e9AAA", AT + "processes: not base64"),
+    ("a number", "time_ms", 17, AT + "time_ms: expected a string (base64)"),
+    ("a list", "threads", [2, 0, 4], AT + "threads: expected a string (base64)"),
+    ("null", "changes", None, AT + "changes: expected a string (base64)"),
+    ("missing", "processes", "(deleted)", AT + "processes: missing"),
+    ("empty", "threads", "", AT + "threads: not base64 of zlib data (cut short)"),
+    ("not compressed", "time_ms", base64.b64encode(b"\x01" * 24).decode(), AT + "time_ms: not base64 of zlib data "
+     "(Error -3"),
+    ("cut short", "time_ms", base64.b64encode(zlib.compress(b"\x01" * 24)[:-3]).decode(),
+     AT + "time_ms: not base64 of zlib data (cut short)"),
+    ("more after its end", "threads", base64.b64encode(zlib.compress(b"\0" * 12) + b"more").decode(),
+     AT + "threads: not base64 of zlib data (more after its end)"),
+    ("a zlib bomb", "processes", packed_bytes(b"\0" * (8 << 20)), AT + "processes: more than the 16384 bytes of "
+     "the 4096 samples tcap writes"),
+    ("part of a value", "time_ms", packed_bytes(b"\x01" * 20), AT + "time_ms: 20 bytes, not a whole number of "
+     "64-bit integers"),
+    ("a value short", "threads", packed_column("i", [2, 0]), AT + "threads: 2 values, where changes has 3"),
+    ("a value more", "processes", packed_column("i", [1, 0, 2, 2]), AT + "processes: 4 values, where changes has 3"),
+    ("no times", "time_ms", packed_column("q", []), AT + "changes[0]: 0, not the index of one of the 0 samples"),
+    ("a change beyond the samples", "changes", packed_column("i", [0, 1, 3]), AT + "changes[2]: 3, not the index "
+     "of one of the 3 samples of time_ms"),
+    ("a negative change", "changes", packed_column("i", [-1, 1, 2]), AT + "changes[0]: -1, expected an integer"),
+    ("changes out of order", "changes", packed_column("i", [0, 2, 1]), AT + "changes[2]: 1, not after the one "
+     "before (2)"),
+    ("a change twice", "changes", packed_column("i", [0, 1, 1]), AT + "changes[2]: 1, not after the one before"),
+    ("negative threads", "threads", packed_column("i", [2, -1, 4]), AT + "threads[1]: -1, expected an integer from "
+     "0 to 1073741823"),
+    ("huge processes", "processes", packed_column("i", [1, 0, 1 << 30]), AT + "processes[2]: 1073741824, expected"),
+    ("negative time", "time_ms", packed_column("q", [-1, *TIMES[1:]]), AT + "time_ms[0]: -1, expected milliseconds "
+     "from 0 to 100000000000000"),
+    ("time beyond the bound", "time_ms", packed_column("q", [*TIMES[:2], 10**14 + 1]),
+     AT + "time_ms[2]: 100000000000001, expected"),
+    ("time of 2**62", "time_ms", packed_column("q", [*TIMES[:2], 1 << 62]), AT + "time_ms[2]: "),
+    ("times out of order", "time_ms", packed_column("q", [TIMES[0], TIMES[2], TIMES[1]]),
+     AT + "time_ms[2]: 1800000000500, not after the one before (1800000001000)"),
+    ("a time twice", "time_ms", packed_column("q", [TIMES[0], TIMES[0], TIMES[2]]),
+     AT + "time_ms[1]: 1800000000000, not after the one before"),
+    ("too many samples", "time_ms", packed_column("q", list(range(4097))), AT + "time_ms: more than the 32768 bytes "
+     "of the 4096 samples tcap writes"),
+    ("too long", "threads", base64.b64encode(os.urandom(17000) * 2).decode(), AT + "threads: 45336 characters, more "
+     "than the 21952 of the 4096 samples tcap writes"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [case[1:] for case in PACKED_DAMAGE],
+                         ids=[case[0] for case in PACKED_DAMAGE])
+def test_damaged_packed_samples_are_named(iso: Isolated, field: str, value: object, message: str) -> None:
+    """The real tcap on a report whose packed samples are damaged: exit 2
+    and one line naming the file and the column (the value, where one is
+    out of its range or order)."""
+    samples: dict[str, object] = dict(PACKED)
+    if value == "(deleted)":
+        del samples[field]
+    else:
+        samples[field] = value
+    launch = {"host": "h", "rank": None, "node_cpus": 2, "budget_samples": samples}
+    (iso.work / "r.json").write_text(json.dumps({"processes": [], "verdict": "v", "launch": launch}))
+    line = iso.error_line(iso.run("report", "r.json", timeout=HANG), 2)
+    assert line.startswith(f"tcap: error: r.json: {message}"), line
+
+
+def test_the_most_samples_a_launch_keeps_are_read(iso: Isolated) -> None:
+    """Budget.KEPT samples (the longest columns accepted) merge; a report
+    without samples too."""
+    rows = [[1_800_000_000_000 + 500 * step, 8 * (step % 7 == 0), step % 7 == 0] for step in range(4096)]
+    full = {"host": "h", "rank": None, "node_cpus": 2, "budget_samples": supervise.pack_samples(rows)}
+    empty = {"host": "h", "rank": None, "node_cpus": 2, "budget_samples": supervise.pack_samples([])}
+    for name, launch in (("full.json", full), ("empty.json", empty)):
+        (iso.work / name).write_text(json.dumps({"processes": [], "verdict": "v", "launch": launch}))
+    result = iso.run("report", "--json", "m.json", "full.json", "empty.json", timeout=HANG)
+    assert result.returncode == 0, result.stderr
+    budget = strict_json((iso.work / "m.json").read_text())["nodes"][0]["budget"]  # type: ignore[index]
+    assert (budget["peak_pool_threads"], budget["longest_over_seconds"], budget["violated"]) == (8, 0, False)
+
+
+def test_pack_samples_writes_what_tcap_report_reads() -> None:
+    """Out of order (a clock set back), a time twice (the last one counts),
+    values beyond the bounds: packed in time order, each time once, within
+    the bounds; read back as they were packed."""
+    packed = supervise.pack_samples([[3000, 1, 1], [1000, 2, 1], [3000, 5, 2], [-7, 1 << 40, 0], [10**20, 0, 0]])
+    assert unpacked(packed) == [[0, (1 << 30) - 1, 0], [1000, 2, 1], [3000, 5, 2], [10**14, 0, 0]]
+    samples = supervise._samples(json.loads(json.dumps(packed)), "budget_samples")
+    assert list(samples.times) == [0, 1000, 3000, 10**14]
+    assert (list(samples.at), list(samples.threads), list(samples.processes)) == (
+        [0, 1000, 3000, 10**14], [(1 << 30) - 1, 2 - (1 << 30) + 1, 3, -5], [0, 1, 1, -2])
+    assert samples.last == (0, 0)
+
+
+def test_packed_and_earlier_rows_read_the_same() -> None:
+    """Random samples packed and as the rows of an earlier tcap (seconds,
+    unsorted, times twice): the same samples, the same merged budget."""
+    rng = random.Random(23)
+    for _ in range(300):
+        rows = [[1_800_000_000_000 + 500 * rng.randint(0, 30) + rng.choice([0, 1, 7]), rng.randint(0, 4),
+                 rng.randint(0, 2)] for _ in range(rng.randint(0, 40))]
+        packed = supervise._samples(json.loads(json.dumps(supervise.pack_samples(rows))), "p")
+        earlier = supervise._samples([[when / 1000, threads, processes] for when, threads, processes in rows], "r")
+        for name in ("times", "at", "threads", "processes", "last"):
+            assert getattr(packed, name) == getattr(earlier, name), (name, rows)
+
+
+def test_a_report_of_an_earlier_tcap_merges_as_its_packed_form(iso: Isolated, real_report: dict[str, Any]) -> None:
+    """The real report and the same with its samples as rows, each merged
+    with a second launch that overlaps it (over the node's CPUs for a
+    while): the same merged budget and verdict."""
+    samples = unpacked(real_report["launch"]["budget_samples"])
+    start, end = samples[0][0], samples[-1][0]
+    other = copy.deepcopy(real_report)
+    other["launch"]["node_cpus"] = 2
+    other["launch"]["budget_samples"] = supervise.pack_samples(
+        [[when, 3, 2] for when in range(start - 250, end + 3000, 250)])
+    (iso.work / "other.json").write_text(json.dumps(other))
+    merged = []
+    for name, data in (("packed.json", real_report), ("rows.json", as_earlier(real_report))):
+        (iso.work / name).write_text(json.dumps(data))
+        result = iso.run("report", "--json", "m.json", name, "other.json", timeout=HANG)
+        assert result.returncode == 1, result.stderr
+        out: Any = strict_json((iso.work / "m.json").read_text())
+        merged.append((out["nodes"][0]["budget"], out["verdict"]))
+    assert merged[0] == merged[1]
+    assert merged[0][0]["violated"] and merged[0][0]["longest_over_seconds"] > 2, merged
 
 
 # --- files that are not reports -----------------------------------------------------------------
@@ -564,10 +743,10 @@ def test_every_field_of_a_real_probe_record_damaged_is_taken_or_skipped(iso: Iso
 # --- the merged budget is its definition ----------------------------------------------------------
 
 
-def budget_by_definition(cpus: int | None, series: list[list[list[float]]]) -> dict[str, Any]:
+def budget_by_definition(cpus: int | None, series: list[list[list[int]]]) -> dict[str, Any]:
     """At each sample time of any launch, each launch counts with its latest
     sample from its first to its last (a launch's samples in time order, the
-    last of equal times); Budget.add at each."""
+    last of equal times); Budget.add at each (in milliseconds)."""
     launches = []
     for rows in series:
         kept: dict[float, list[float]] = {}
@@ -583,24 +762,27 @@ def budget_by_definition(cpus: int | None, series: list[list[list[float]]]) -> d
                 threads += int(latest[1])
                 processes += int(latest[2])
         budget.add(when, threads, processes)
+    budget.longest /= 1000
     return budget.result()
 
 
-@pytest.mark.parametrize("window", [(1 << 16, 64), (8, 2), (1, 1)], ids=["default", "small windows", "one by one"])
-def test_the_merged_budget_is_its_definition(monkeypatch: pytest.MonkeyPatch, window: tuple[int, int]) -> None:
+@pytest.mark.parametrize("window", [(1 << 16, 128, 64), (8, 1, 2), (1, 1, 1), (1, 4, 1)],
+                         ids=["default", "small windows", "one by one", "a few a launch"])
+def test_the_merged_budget_is_its_definition(monkeypatch: pytest.MonkeyPatch, window: tuple[int, int, int]) -> None:
     """Random launches (ties across and within launches, samples out of
     order, launches ending where others sample, over and under the CPUs)
     merged by the sweep and by the definition: the same budget."""
     monkeypatch.setattr(supervise.Budget, "WINDOW", window[0])
-    monkeypatch.setattr(supervise.Budget, "STRIDE", window[1])
+    monkeypatch.setattr(supervise.Budget, "PER_LAUNCH", window[1])
+    monkeypatch.setattr(supervise.Budget, "STRIDE", window[2])
     rng = random.Random(17)
     for _ in range(1500):
         series = []
         for _ in range(rng.randint(0, 6)):
-            base = rng.choice([0.0, 10.0, rng.uniform(0, 5)])
-            series.append([[round(base + rng.choice([0, 0.5, 1, 1.5, 2, 2.5, rng.uniform(0, 6)]), 3),
+            base = rng.choice([0, 10_000, rng.randint(0, 5000)])
+            series.append([[base + rng.choice([0, 500, 1000, 1500, 2000, 2500, rng.randint(0, 6000)]),
                             rng.randint(0, 5), rng.randint(0, 3)] for _ in range(rng.randint(0, 12))])
         cpus = rng.choice([None, 0, 1, 2, 4])
-        merged = supervise.Budget.merged(cpus, [supervise.Samples(*zip(*rows)) if rows else
-                                                supervise.Samples((), (), ()) for rows in series])
+        merged = supervise.Budget.merged(cpus, [supervise.Samples.rows(*zip(*rows)) if rows else
+                                                supervise.Samples.rows((), (), ()) for rows in series])
         assert merged.result() == budget_by_definition(cpus, series), (cpus, series)

@@ -20,6 +20,7 @@ process group, and is not sent a second time.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -131,10 +132,11 @@ def supervise(
 
 
 def launch_facts(
-    recipe: Mapping[str, Any], ranks: Ranks | None, host: str, cpus: int | None, samples: list[list[float]],
+    recipe: Mapping[str, Any], ranks: Ranks | None, host: str, cpus: int | None, samples: Sequence[Sequence[int]],
 ) -> dict[str, Any]:
     """Where this launch ran, for ``tcap report`` to merge launches: host,
-    rank, the CPUs of the node the ranks share, the budget samples."""
+    rank, the CPUs of the node the ranks share, the budget samples
+    (Budget.samples, packed: :func:`pack_samples`)."""
     node_cpus = cpus
     if ranks is not None:
         from tcap.machine import read_launcher_cpus
@@ -150,7 +152,7 @@ def launch_facts(
         "local_size": None if ranks is None else ranks.local_size,
         "cpus": cpus,
         "node_cpus": node_cpus,
-        "budget_samples": samples,
+        "budget_samples": pack_samples(samples),
     }
 
 
@@ -406,8 +408,8 @@ class Budget:
         self.peak_processes = 0
         self.longest = 0.0
         self.over_since: float | None = None
-        #: [wall time, pool threads, busy processes] at each sample.
-        self.samples: list[list[float]] = []
+        #: [wall-clock milliseconds, pool threads, busy processes] at each sample.
+        self.samples: list[list[int]] = []
         self.step = 1
         self.count = 0
 
@@ -415,7 +417,7 @@ class Budget:
         if wall is not None:
             self.count += 1
             if self.count % self.step == 0:
-                self.samples.append([round(wall, 3), threads, processes])
+                self.samples.append([round(wall * 1000), threads, processes])
                 if len(self.samples) > self.KEPT:
                     self.samples = self.samples[::2]
                     self.step *= 2
@@ -434,8 +436,11 @@ class Budget:
                 "violated": self.longest > BUDGET_GRACE}
 
     #: tcap report's merge takes the samples of all launches in windows of
-    #: about this many (the memory it holds at once)...
+    #: about this many, or PER_LAUNCH for each launch if that is more (what
+    #: it holds at once is at most about that many changes and sample times;
+    #: the work per window grows with the launches)...
     WINDOW = 1 << 16
+    PER_LAUNCH = 128
     #: ...whose bounds come from every STRIDE-th sample of each launch.
     STRIDE = 64
 
@@ -445,82 +450,123 @@ class Budget:
         each sample time of any of them, each launch counts with its latest
         sample (from its first sample to its last).
 
-        One pass over the samples in time order, in windows of about WINDOW
-        samples (each launch's samples are sorted already), linear in their
+        In windows of about WINDOW samples in time order, linear in their
         number. The sum changes only where a launch's threads or busy
-        processes change, and at the first sample time after a launch's last
-        (which takes its last values away): only those points are gone
-        through one by one. Between them the sum stands still, so a stretch
-        over the CPUs lasts from the point it starts at to the last sample
-        time before the point it ends at."""
+        processes change (:class:`Samples` holds those points apart), and at
+        the first sample time after a launch's last (which takes its last
+        values away): only those changes are taken, sorted and summed, the
+        sum at each time the one after its last change (itertools: no Python
+        step per change). Between them the sum stands still: the peak is the
+        largest of those sums, and a stretch over the CPUs lasts from the
+        point it starts at to the last sample time before the point it ends
+        at. Only where a stretch ends or a launch does are the sample times
+        of a window sorted together, to find that one. In milliseconds,
+        exact."""
         from bisect import bisect_left, bisect_right
-        from itertools import chain, compress
-        from operator import or_
+        from itertools import accumulate, chain, compress, islice, repeat
+        from operator import gt, ne
 
         budget = cls(cpus)
         series = [samples for samples in series if samples.times]
         if not series:
             return budget
-        step = max(1, cls.WINDOW // cls.STRIDE)
+        step = max(1, max(cls.WINDOW, cls.PER_LAUNCH * len(series)) // cls.STRIDE)
         some = sorted(chain.from_iterable(samples.times[::cls.STRIDE] for samples in series))
         bounds = list(dict.fromkeys(some[step::step]))  # each window: about WINDOW samples
-        ends = sorted((samples.times[-1], samples.last) for samples in series) + [(math.inf, (0, 0))]
+        ends = sorted((samples.times[-1], samples.last) for samples in series)
         ended = 0
-        carried: list[tuple[int, int]] = []  # launches that ended after the last sample time of the window before
-        starts = [0] * len(series)
+        carried: list[tuple[int, int]] = []  # launches that ended after the last sample time of a window
+        changes = [0] * len(series)  # each launch's first change not taken yet
         peak = peak_processes = threads = processes = 0
-        longest = 0.0
-        over_since: float | None = None
-        before = -math.inf  # the last sample time of the windows before
-        current = -math.inf
+        longest: float = 0
+        over_since: int | None = None
+        low: float = -math.inf
         for bound in chain(bounds, (math.inf,)):
-            parts = []
-            events: list[tuple[float, int, int]] = []
+            start, low = low, bound  # the window: sample times from start, before bound
+            times: list[int] = []  # its sample times, sorted when needed
+            at, more, busier = array("q"), array("i"), array("i")  # its changes
             for index, samples in enumerate(series):
-                first = starts[index]
-                if first < len(samples.times) and samples.times[first] < bound:
-                    last = bisect_left(samples.times, bound, first)
-                    chunk = samples.times[first:last]
-                    more, busier = samples.threads[first:last], samples.processes[first:last]
-                    parts.append(chunk)
-                    events += compress(zip(chunk, more, busier), map(or_, more, busier))  # where it changes
-                    starts[index] = last
-            if not parts:
-                continue
-            # Every sample time of the window, sorted when an end or a stretch over the CPUs needs one.
-            times: list[float] = []
-            events += ((min(chunk[0] for chunk in parts), -gone[0], -gone[1]) for gone in carried)
-            carried = []
-            while ends[ended][0] < bound:
-                times = times or sorted(chain.from_iterable(parts))
+                begin = changes[index]
+                if begin < len(samples.at) and samples.at[begin] < bound:
+                    end = bisect_left(samples.at, bound, begin)
+                    at += samples.at[begin:end]
+                    more += samples.threads[begin:end]
+                    busier += samples.processes[begin:end]
+                    changes[index] = end
+            if carried:  # at the first sample time from here on
+                first = _first(series, start)
+                if first < bound:
+                    at.extend(repeat(int(first), len(carried)))
+                    more.extend(-gone[0] for gone in carried)
+                    busier.extend(-gone[1] for gone in carried)
+                    carried = []
+            while ended < len(ends) and ends[ended][0] < bound:  # at the first sample time after its last
+                times = times or _window(series, start, bound)
                 position = bisect_right(times, ends[ended][0])
                 if position < len(times):
-                    events.append((times[position], -ends[ended][1][0], -ends[ended][1][1]))
+                    at.append(times[position])
+                    more.append(-ends[ended][1][0])
+                    busier.append(-ends[ended][1][1])
                 else:
                     carried.append(ends[ended][1])
                 ended += 1
-            events.sort()
-            events.append((bound, 0, 0))  # closes the window's last point here, where ``times`` is its own
-            for when, more_threads, more_processes in events:
-                if when != current:  # the sum at ``current`` is complete: what Budget.add does
-                    if threads > peak:
-                        peak, peak_processes = threads, processes
-                    if cpus and threads > cpus:
-                        if over_since is None:
-                            over_since = current
-                    elif over_since is not None:  # over until the sample time before ``current``
-                        times = times or sorted(chain.from_iterable(parts))
-                        position = bisect_left(times, current)
-                        longest = max(longest, (times[position - 1] if position else before) - over_since)
+            if not at:
+                continue
+            order = sorted(range(len(at)), key=at.__getitem__)
+            # The sum at each time: the one after its last change (1 in ``lasts``).
+            lasts = bytes(map(ne, map(at.__getitem__, order), chain(map(at.__getitem__, islice(order, 1, None)),
+                                                                    (None,))))
+            sums = list(compress(islice(accumulate(map(more.__getitem__, order), initial=threads), 1, None), lasts))
+            busy = list(compress(islice(accumulate(map(busier.__getitem__, order), initial=processes), 1, None),
+                                 lasts))
+            top = max(sums)
+            if top > peak:
+                peak, peak_processes = top, busy[sums.index(top)]
+            if cpus:
+                over = list(map(gt, sums, repeat(cpus)))
+                flips = list(compress(range(len(over)), map(ne, over, chain((over_since is not None,), over))))
+                points = list(compress(map(at.__getitem__, order), lasts)) if flips else []
+                for flip in flips:
+                    if over[flip]:
+                        over_since = points[flip]
+                    elif over_since is not None:  # over until the sample time before this point
+                        times = times or _window(series, start, bound)
+                        position = bisect_left(times, points[flip])
+                        before = times[position - 1] if position else _before(series, start)
+                        longest = max(longest, before - over_since)
                         over_since = None
-                    current = when
-                threads += more_threads
-                processes += more_processes
-            before = max(chunk[-1] for chunk in parts)
+            threads, processes = sums[-1], busy[-1]
         if over_since is not None:  # over until the last sample
-            longest = max(longest, before - over_since)
-        budget.peak, budget.peak_processes, budget.longest = peak, peak_processes, longest
+            longest = max(longest, ends[-1][0] - over_since)
+        budget.peak, budget.peak_processes, budget.longest = peak, peak_processes, longest / 1000
         return budget
+
+
+def _window(series: Sequence[Samples], start: float, bound: float) -> list[int]:
+    """The sample times of all launches from ``start``, before ``bound``, sorted."""
+    from bisect import bisect_left
+    from itertools import chain
+
+    return sorted(chain.from_iterable(samples.times[bisect_left(samples.times, start):
+                                                    bisect_left(samples.times, bound)] for samples in series))
+
+
+def _first(series: Sequence[Samples], start: float) -> float:
+    """The first sample time of any launch from ``start`` on (inf: none)."""
+    from bisect import bisect_left
+
+    found = (bisect_left(samples.times, start) for samples in series)
+    return min((samples.times[index] for samples, index in zip(series, found) if index < len(samples.times)),
+               default=math.inf)
+
+
+def _before(series: Sequence[Samples], start: float) -> float:
+    """The last sample time of any launch before ``start`` (-inf: none)."""
+    from bisect import bisect_left
+
+    found = (bisect_left(samples.times, start) for samples in series)
+    return max((samples.times[index - 1] for samples, index in zip(series, found) if index), default=-math.inf)
+
 
 class Sampler:
     """The child's process tree, sampled from /proc: per pid the command
@@ -611,29 +657,89 @@ MAX_SECONDS = 1e11
 STATUSES = ("ok", "VIOLATION", "unverified")
 
 
+#: The most milliseconds a sample time can be (MAX_SECONDS).
+MAX_MS = int(MAX_SECONDS * 1000)
+#: How ``launch.budget_samples`` is written (:func:`pack_samples`): columns
+#: of little-endian integers, each compressed with zlib, in base64 (about
+#: 12 KiB for the 4096 samples a launch keeps): ``time_ms``, the wall-clock
+#: time of each sample in milliseconds, increasing; the pool threads and
+#: busy processes only where they change (they mostly stand still):
+#: ``changes``, the index of each sample where either does (increasing; both
+#: are 0 before the first), ``threads`` and ``processes``, their values from
+#: that sample on. ``tcap report`` checks and merges them without a Python
+#: object per sample (:func:`_packed`).
+SAMPLES_ENCODING = ("base64 of zlib of little-endian integers: int64 time_ms of each sample; int32 changes, "
+                    "threads and processes where they change")
+#: Each column of the encoding, the byte size of its values, the array typecode.
+SAMPLE_COLUMNS = (("time_ms", 8, "q"), ("changes", 4, "i"), ("threads", 4, "i"), ("processes", 4, "i"))
+
+
+def pack_samples(rows: Sequence[Sequence[int]]) -> dict[str, str]:
+    """``launch.budget_samples`` as ``tcap run --report-json`` writes it
+    (SAMPLES_ENCODING), from Budget.samples: rows of [wall-clock
+    milliseconds, pool threads, busy processes], put in time order (a clock
+    set back), the last of equal times kept (as a launch would count), each
+    value within what ``tcap report`` reads."""
+    import base64
+    import zlib
+
+    kept: dict[int, tuple[int, int]] = {}
+    for when, threads, processes in sorted(rows, key=lambda row: row[0]):
+        kept[min(max(int(when), 0), MAX_MS)] = (min(max(int(threads), 0), MAX_COUNT),
+                                                min(max(int(processes), 0), MAX_COUNT))
+    values = list(kept.values())
+    changes = [index for index, pair in enumerate(values) if pair != (values[index - 1] if index else (0, 0))]
+    columns = (list(kept), changes, [values[index][0] for index in changes], [values[index][1] for index in changes])
+    packed = {"encoding": SAMPLES_ENCODING}
+    for (name, _, typecode), items in zip(SAMPLE_COLUMNS, columns):
+        column = array(typecode, items)
+        if sys.byteorder == "big":
+            column.byteswap()
+        packed[name] = base64.b64encode(zlib.compress(column.tobytes(), 9)).decode("ascii")
+    return packed
+
+
 class Samples:
     """One launch's budget samples, compact for a merge of thousands
-    (``tcap report``): their wall times, sorted and each once; at each the
-    change of the pool threads and of the busy processes since the sample
-    before; ``last``: both at the last sample."""
+    (``tcap report``): ``times``, its sample times in wall-clock
+    milliseconds, increasing; ``at``, the times where its pool threads or
+    busy processes change, and ``threads`` and ``processes``, the change of
+    each there; ``last``, both at the last sample.
 
-    __slots__ = ("times", "threads", "processes", "last")
+    Made from ``changes``, the indices of the samples where either changes,
+    and ``threads`` and ``processes``, their values from there on (both 0
+    before the first)."""
 
-    def __init__(self, times: Sequence[float], threads: Sequence[int], processes: Sequence[int]) -> None:
-        from itertools import chain, islice
-        from operator import lt, sub
+    __slots__ = ("times", "at", "threads", "processes", "last")
+
+    def __init__(self, times: array[int], changes: Sequence[int], threads: Sequence[int],
+                 processes: Sequence[int]) -> None:
+        from itertools import chain
+        from operator import sub
+
+        self.times = times
+        self.at = array("q", list(map(times.__getitem__, changes)))  # from a list: in one go
+        self.threads = array("i", list(map(sub, threads, chain((0,), threads))))
+        self.processes = array("i", list(map(sub, processes, chain((0,), processes))))
+        self.last = (threads[-1], processes[-1]) if len(changes) else (0, 0)
+
+    @classmethod
+    def rows(cls, times: Sequence[int], threads: Sequence[int], processes: Sequence[int]) -> Samples:
+        """From the values at each sample, in any order (an earlier tcap
+        wrote a clock set back as it was): sorted, the last sample of each
+        time kept."""
+        from itertools import chain, compress, islice
+        from operator import lt, ne, or_
 
         if not all(map(lt, times, islice(times, 1, None))):
-            # Out of order (the clock was set back) or a time twice: sorted,
-            # the last sample of each time kept (as a launch would count).
             kept = {times[index]: index for index in sorted(range(len(times)), key=times.__getitem__)}
             times = list(kept)
             threads = [threads[index] for index in kept.values()]
             processes = [processes[index] for index in kept.values()]
-        self.times = array("d", times)
-        self.threads = array("i", map(sub, threads, chain((0,), threads)))
-        self.processes = array("i", map(sub, processes, chain((0,), processes)))
-        self.last = (threads[-1], processes[-1]) if len(threads) else (0, 0)
+        changes = list(compress(range(len(times)), map(or_, map(ne, threads, chain((0,), threads)),
+                                                       map(ne, processes, chain((0,), processes)))))
+        return cls(array("q", times), changes, list(map(threads.__getitem__, changes)),
+                   list(map(processes.__getitem__, changes)))
 
 
 def read_records(directory: str) -> dict[int, dict[str, Any]]:
@@ -1074,17 +1180,139 @@ def _report_pool(value: Any, where: str) -> dict[str, Any]:
 
 
 def _samples(value: Any, where: str) -> Samples:
-    """A report's budget samples: at most Budget.KEPT rows of [wall time,
-    pool threads, busy processes]. Checked a column at a time (thousands of
-    reports of thousands of samples each are read in one go); the first bad
-    row is looked for only when there is one."""
-    from itertools import chain
+    """A report's budget samples: as tcap writes them (:func:`_packed`), or
+    as tcap wrote them before (:func:`_rows`)."""
+    if isinstance(value, dict):
+        return _packed(value, where)
+    if isinstance(value, list):
+        return _rows(value, where)
+    raise _Bad(f"{where}: expected an object (or the list of rows of an earlier tcap)")
 
-    rows = _items(value, where)
+
+#: The top bytes (little-endian, the last of each 4) of the integers from 0 to MAX_COUNT.
+_COUNT_TOPS = bytes(range((MAX_COUNT + 1) >> 24))
+
+
+def _packed(value: Mapping[str, Any], where: str) -> Samples:
+    """Budget samples as :func:`pack_samples` writes them: at most
+    Budget.KEPT, the times in milliseconds from 0 to MAX_MS and increasing,
+    the changes increasing sample indices, the counts from 0 to MAX_COUNT.
+    Checked on the bytes and on integers of thousands of digits (C code, no
+    Python object per sample: thousands of reports of thousands of samples
+    are read in seconds); the first bad value is looked for only when there
+    is one."""
+    if value.get("encoding") != SAMPLES_ENCODING:
+        found = "missing" if "encoding" not in value else f"expected {SAMPLES_ENCODING!r}"
+        raise _Bad(f"{where}.encoding: {found}")
+    raw = [_column(value, name, size, where) for name, size, _ in SAMPLE_COLUMNS]
+    count, runs = len(raw[0]) // 8, len(raw[1]) // 4
+    columns = []
+    for (name, _, typecode), data in zip(SAMPLE_COLUMNS, raw):
+        if name in ("threads", "processes") and len(data) != 4 * runs:
+            raise _Bad(f"{where}.{name}: {len(data) // 4} values, where changes has {runs}")
+        column = array(typecode)
+        column.frombytes(data)
+        if sys.byteorder == "big":
+            column.byteswap()
+        columns.append(column)
+    times, changes, threads, processes = columns
+    for (name, _, _), data, column in zip(SAMPLE_COLUMNS[1:], raw[1:], columns[1:]):
+        if data[3::4].translate(None, _COUNT_TOPS):  # a value below 0 or above MAX_COUNT
+            index, bad = next((index, item) for index, item in enumerate(column) if not 0 <= item <= MAX_COUNT)
+            raise _Bad(f"{where}.{name}[{index}]: {bad}, expected an integer from 0 to {MAX_COUNT}")
+    if count and not (raw[0][6::8].count(0) == raw[0][7::8].count(0) == count and _increasing(raw[0], 8)
+                      and times[-1] <= MAX_MS):
+        _misplaced(times, "time_ms", MAX_MS, f"expected milliseconds from 0 to {MAX_MS}", where)
+    if runs and not (_increasing(raw[1], 4) and changes[-1] < count):
+        _misplaced(changes, "changes", count - 1, f"not the index of one of the {count} samples of time_ms", where)
+    return Samples(times, changes, threads, processes)
+
+
+def _misplaced(column: Sequence[int], name: str, high: int, expected: str, where: str) -> None:
+    """The first value of ``column`` not from 0 to ``high`` or not above the one before."""
+    for index, item in enumerate(column):
+        if not 0 <= item <= high:
+            raise _Bad(f"{where}.{name}[{index}]: {item}, {expected}")
+        if index and item <= column[index - 1]:
+            raise _Bad(f"{where}.{name}[{index}]: {item}, not after the one before ({column[index - 1]}): "
+                       "tcap writes them in order, each once")
+    raise AssertionError(f"a bad value of {name} not found again")  # pragma: no cover
+
+
+def _column(value: Mapping[str, Any], name: str, size: int, where: str) -> bytes:
+    """The bytes of a column of packed samples: at most Budget.KEPT values
+    of ``size`` bytes, from at most the base64 that many take compressed."""
+    import binascii
+    import zlib
+
+    at = f"{where}.{name}"
+    text = _get(value, name, f"{where}.")
+    if not isinstance(text, str):
+        raise _Bad(f"{at}: expected a string (base64)")
+    most = size * Budget.KEPT
+    longest = 4 * -(-(most + most // 1000 + 64) // 3)  # what zlib makes of bytes it cannot compress, in base64
+    if len(text) > longest:
+        raise _Bad(f"{at}: {len(text)} characters, more than the {longest} of the {Budget.KEPT} samples tcap writes")
+    encoded = text.encode() if text.isascii() else b"?"
+    padding = encoded.translate(None, _BASE64)  # what is not of its alphabet: only its padding at the end
+    if padding not in (b"", b"=", b"==") or not encoded.endswith(padding) or len(encoded) % 4:
+        raise _Bad(f"{at}: not base64")
+    inflate = zlib.decompressobj()
+    try:
+        data = inflate.decompress(binascii.a2b_base64(encoded), most + 1)
+    except (binascii.Error, zlib.error) as failure:
+        raise _Bad(f"{at}: not base64 of zlib data ({failure})") from None
+    if len(data) > most:
+        raise _Bad(f"{at}: more than the {most} bytes of the {Budget.KEPT} samples tcap writes")
+    if not inflate.eof or inflate.unused_data:
+        raise _Bad(f"{at}: not base64 of zlib data (" + ("more after its end)" if inflate.eof else "cut short)"))
+    if len(data) % size:
+        raise _Bad(f"{at}: {len(data)} bytes, not a whole number of {size * 8}-bit integers")
+    return data
+
+
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _increasing(data: bytes, size: int) -> bool:
+    """Whether the little-endian integers of ``size`` bytes in ``data``,
+    each from 0 to 2**(8 * size - 2) - 1, increase: as one integer of a
+    field a value, each minus the one before plus 2**(8 * size - 1) - 1
+    (no field carries into the next) has its top bit set where the
+    difference is 1 or more."""
+    count = len(data) // size
+    if count < 2:
+        return True
+    bits = 8 * size
+    values = int.from_bytes(data, "little")
+    fields = bits * (count - 1)
+    differences = (values >> bits) + (_fields(bits) >> (bits * Budget.KEPT - fields)) - (values & ((1 << fields) - 1))
+    return not differences.to_bytes(fields // 8, "little")[size - 1::size].translate(None, _TOP_BIT)
+
+
+#: The bytes with their top bit set.
+_TOP_BIT = bytes(range(0x80, 0x100))
+
+
+@functools.cache
+def _fields(bits: int) -> int:
+    """2**(bits - 1) - 1 in each of Budget.KEPT fields of ``bits`` bits (made when first needed)."""
+    return int.from_bytes(((1 << (bits - 1)) - 1).to_bytes(bits // 8, "little") * Budget.KEPT, "little")
+
+
+def _rows(value: list[Any], where: str) -> Samples:
+    """Budget samples as tcap wrote them before SAMPLES_ENCODING: at most
+    Budget.KEPT rows of [wall time in seconds, pool threads, busy
+    processes], in any order. Checked a column at a time; the first bad row
+    is looked for only when there is one."""
+    from itertools import chain, repeat
+    from operator import mul
+
+    rows = value
     if len(rows) > Budget.KEPT:
         raise _Bad(f"{where}: {len(rows)} samples, more than the {Budget.KEPT} tcap writes")
     if not rows:
-        return Samples((), (), ())
+        return Samples(array("q"), (), (), ())
     try:
         whole = set(map(len, rows)) == {3}
     except TypeError:  # a row with no length
@@ -1092,14 +1320,9 @@ def _samples(value: Any, where: str) -> Samples:
     if whole:  # three of something in every row: one flat list, a column every third item
         flat = list(chain.from_iterable(rows))
         times, threads, processes = flat[0::3], flat[1::3], flat[2::3]
-        if set(map(type, times)) <= {int, float} and _counts(threads) and _counts(processes):
-            try:
-                samples = Samples(times, threads, processes)  # sorted: its first and last are the extremes
-            except OverflowError:  # an integer too large for a float
-                pass
-            else:
-                if samples.times[0] >= 0 and samples.times[-1] <= MAX_SECONDS:
-                    return samples
+        if (set(map(type, times)) <= {int, float} and min(times) >= 0 and max(times) <= MAX_SECONDS
+                and _counts(threads) and _counts(processes)):
+            return Samples.rows(list(map(round, map(mul, times, repeat(1000)))), threads, processes)
     for index, row in enumerate(rows):
         at = f"{where}[{index}]"
         if not isinstance(row, list) or len(row) != 3:
@@ -1211,22 +1434,8 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
 
 
 def report_text(data: Mapping[str, Any]) -> str:
-    """Indented JSON, a launch's budget samples one row to a line (the rows
-    of thousands of reports are what ``tcap report`` reads)."""
-    launch = data.get("launch")
-    rows = launch.get("budget_samples") if isinstance(launch, dict) else None
-    label = "(the budget samples)"
-    if isinstance(launch, dict) and rows and all(  # rows of numbers, as Budget keeps them
-        isinstance(row, list) and all(type(value) in (int, float) for value in row) for row in rows
-    ):
-        marker = json.dumps(label)
-        short = json.dumps({**data, "launch": {**launch, "budget_samples": label}}, indent=2)
-        if short.count(marker) == 1:  # else a string of the data looks like it: written as it is
-            head, _, tail = short.partition(marker)
-            line = head[head.rindex("\n") + 1:]
-            pad = line[: len(line) - len(line.lstrip(" "))]
-            body = json.dumps(rows)[1:-1].replace("], [", f"],\n{pad}  [")  # one call: a launch is long
-            return f"{head}[\n{pad}  {body}\n{pad}]{tail}\n"
+    """Indented JSON (a launch's budget samples are three strings:
+    :func:`pack_samples`)."""
     return json.dumps(data, indent=2) + "\n"
 
 
