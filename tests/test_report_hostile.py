@@ -766,14 +766,14 @@ def budget_by_definition(cpus: int | None, series: list[list[list[int]]]) -> dic
     return budget.result()
 
 
-@pytest.mark.parametrize("window", [(1 << 16, 128, 64), (8, 1, 2), (1, 1, 1), (1, 4, 1)],
-                         ids=["default", "small windows", "one by one", "a few a launch"])
+@pytest.mark.parametrize("window", [(1 << 18, 1 << 16, 64), (8, 8, 2), (1, 1, 1), (4, 1, 1), (1, 4, 2)],
+                         ids=["default", "small windows", "one by one", "changes a few", "times a few"])
 def test_the_merged_budget_is_its_definition(monkeypatch: pytest.MonkeyPatch, window: tuple[int, int, int]) -> None:
     """Random launches (ties across and within launches, samples out of
     order, launches ending where others sample, over and under the CPUs)
     merged by the sweep and by the definition: the same budget."""
-    monkeypatch.setattr(supervise.Budget, "WINDOW", window[0])
-    monkeypatch.setattr(supervise.Budget, "PER_LAUNCH", window[1])
+    monkeypatch.setattr(supervise.Budget, "CHANGES", window[0])
+    monkeypatch.setattr(supervise.Budget, "WINDOW", window[1])
     monkeypatch.setattr(supervise.Budget, "STRIDE", window[2])
     rng = random.Random(17)
     for _ in range(1500):

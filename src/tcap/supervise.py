@@ -435,13 +435,14 @@ class Budget:
                 "longest_over_seconds": round(self.longest, 2), "grace_seconds": BUDGET_GRACE,
                 "violated": self.longest > BUDGET_GRACE}
 
-    #: tcap report's merge takes the samples of all launches in windows of
-    #: about this many, or PER_LAUNCH for each launch if that is more (what
-    #: it holds at once is at most about that many changes and sample times;
-    #: the work per window grows with the launches)...
+    #: tcap report's merge takes the changes of all launches in windows of
+    #: about this many (what it holds at once, as Python objects)...
+    CHANGES = 1 << 18
+    #: ...and looks up sample times in windows of about this many samples
+    #: (every sample time of all launches there, sorted: only where a
+    #: launch ends or a stretch over the CPUs does)...
     WINDOW = 1 << 16
-    PER_LAUNCH = 128
-    #: ...whose bounds come from every STRIDE-th sample of each launch.
+    #: ...the bounds of both from every STRIDE-th change or sample of each launch.
     STRIDE = 64
 
     @classmethod
@@ -450,19 +451,17 @@ class Budget:
         each sample time of any of them, each launch counts with its latest
         sample (from its first sample to its last).
 
-        In windows of about WINDOW samples in time order, linear in their
-        number. The sum changes only where a launch's threads or busy
-        processes change (:class:`Samples` holds those points apart), and at
-        the first sample time after a launch's last (which takes its last
-        values away): only those changes are taken, sorted and summed, the
-        sum at each time the one after its last change (itertools: no Python
-        step per change). Between them the sum stands still: the peak is the
-        largest of those sums, and a stretch over the CPUs lasts from the
-        point it starts at to the last sample time before the point it ends
-        at. Only where a stretch ends or a launch does are the sample times
-        of a window sorted together, to find that one. In milliseconds,
-        exact."""
-        from bisect import bisect_left, bisect_right
+        The sum changes only where a launch's threads or busy processes
+        change (:class:`Samples` holds those points apart), and at the first
+        sample time of any launch after a launch's last (which takes its last
+        values away). Those changes are taken in windows of about CHANGES,
+        in time order, sorted and summed, the sum at each time the one after
+        its last change there (itertools: no Python step per change). Between
+        them the sum stands still: the peak is the largest of those sums, and
+        a stretch over the CPUs lasts from the point it starts at to the last
+        sample time before the point it ends at (looked up in :class:`_Times`).
+        Linear in the samples; in milliseconds, exact."""
+        from bisect import bisect_left
         from itertools import accumulate, chain, compress, islice, repeat
         from operator import gt, ne
 
@@ -470,52 +469,43 @@ class Budget:
         series = [samples for samples in series if samples.times]
         if not series:
             return budget
-        step = max(1, max(cls.WINDOW, cls.PER_LAUNCH * len(series)) // cls.STRIDE)
-        some = sorted(chain.from_iterable(samples.times[::cls.STRIDE] for samples in series))
-        bounds = list(dict.fromkeys(some[step::step]))  # each window: about WINDOW samples
+        lookup = _Times(series, cls.WINDOW, cls.STRIDE)
         ends = sorted((samples.times[-1], samples.last) for samples in series)
-        ended = 0
-        carried: list[tuple[int, int]] = []  # launches that ended after the last sample time of a window
-        changes = [0] * len(series)  # each launch's first change not taken yet
+        gone_at, gone = array("q"), []  # a launch's last values go at the next sample time of any launch
+        for when, last in ends:
+            after = lookup.after(when)
+            if after is not None:
+                gone_at.append(after)
+                gone.append(last)
+        some = sorted(chain.from_iterable(samples.at[::cls.STRIDE] for samples in series))
+        step = max(1, cls.CHANGES // cls.STRIDE)
+        bounds = list(dict.fromkeys(some[step::step]))  # each window: about CHANGES changes
+        taken = [0] * len(series)  # each launch's first change not taken yet
+        first_gone = 0
         peak = peak_processes = threads = processes = 0
         longest: float = 0
         over_since: int | None = None
-        low: float = -math.inf
         for bound in chain(bounds, (math.inf,)):
-            start, low = low, bound  # the window: sample times from start, before bound
-            times: list[int] = []  # its sample times, sorted when needed
-            at, more, busier = array("q"), array("i"), array("i")  # its changes
+            at, more, busier = array("q"), array("i"), array("i")  # the window's changes
             for index, samples in enumerate(series):
-                begin = changes[index]
+                begin = taken[index]
                 if begin < len(samples.at) and samples.at[begin] < bound:
                     end = bisect_left(samples.at, bound, begin)
                     at += samples.at[begin:end]
                     more += samples.threads[begin:end]
                     busier += samples.processes[begin:end]
-                    changes[index] = end
-            if carried:  # at the first sample time from here on
-                first = _first(series, start)
-                if first < bound:
-                    at.extend(repeat(int(first), len(carried)))
-                    more.extend(-gone[0] for gone in carried)
-                    busier.extend(-gone[1] for gone in carried)
-                    carried = []
-            while ended < len(ends) and ends[ended][0] < bound:  # at the first sample time after its last
-                times = times or _window(series, start, bound)
-                position = bisect_right(times, ends[ended][0])
-                if position < len(times):
-                    at.append(times[position])
-                    more.append(-ends[ended][1][0])
-                    busier.append(-ends[ended][1][1])
-                else:
-                    carried.append(ends[ended][1])
-                ended += 1
+                    taken[index] = end
+            last_gone = bisect_left(gone_at, bound, first_gone)
+            at += gone_at[first_gone:last_gone]
+            more.extend(-less for less, _ in gone[first_gone:last_gone])
+            busier.extend(-fewer for _, fewer in gone[first_gone:last_gone])
+            first_gone = last_gone
             if not at:
                 continue
             order = sorted(range(len(at)), key=at.__getitem__)
-            # The sum at each time: the one after its last change (1 in ``lasts``).
-            lasts = bytes(map(ne, map(at.__getitem__, order), chain(map(at.__getitem__, islice(order, 1, None)),
-                                                                    (None,))))
+            ordered = list(map(at.__getitem__, order))
+            # The sum at each time: the one after its last change there (1 in ``lasts``).
+            lasts = bytes(map(ne, ordered, chain(islice(ordered, 1, None), (None,))))
             sums = list(compress(islice(accumulate(map(more.__getitem__, order), initial=threads), 1, None), lasts))
             busy = list(compress(islice(accumulate(map(busier.__getitem__, order), initial=processes), 1, None),
                                  lasts))
@@ -525,15 +515,12 @@ class Budget:
             if cpus:
                 over = list(map(gt, sums, repeat(cpus)))
                 flips = list(compress(range(len(over)), map(ne, over, chain((over_since is not None,), over))))
-                points = list(compress(map(at.__getitem__, order), lasts)) if flips else []
+                points = list(compress(ordered, lasts)) if flips else []
                 for flip in flips:
                     if over[flip]:
                         over_since = points[flip]
                     elif over_since is not None:  # over until the sample time before this point
-                        times = times or _window(series, start, bound)
-                        position = bisect_left(times, points[flip])
-                        before = times[position - 1] if position else _before(series, start)
-                        longest = max(longest, before - over_since)
+                        longest = max(longest, lookup.before(points[flip]) - over_since)
                         over_since = None
             threads, processes = sums[-1], busy[-1]
         if over_since is not None:  # over until the last sample
@@ -542,30 +529,56 @@ class Budget:
         return budget
 
 
-def _window(series: Sequence[Samples], start: float, bound: float) -> list[int]:
-    """The sample times of all launches from ``start``, before ``bound``, sorted."""
-    from bisect import bisect_left
-    from itertools import chain
+class _Times:
+    """The sample times of all launches, looked up in windows of about
+    ``window`` samples (the bounds from every ``stride``-th sample of each
+    launch), one window sorted at a time, in time order."""
 
-    return sorted(chain.from_iterable(samples.times[bisect_left(samples.times, start):
-                                                    bisect_left(samples.times, bound)] for samples in series))
+    def __init__(self, series: Sequence[Samples], window: int, stride: int) -> None:
+        from itertools import chain
 
+        self.series = series
+        some = sorted(chain.from_iterable(samples.times[::stride] for samples in series))
+        step = max(1, window // stride)
+        self.bounds: list[float] = [-math.inf, *dict.fromkeys(some[step::step]), math.inf]
+        self.window = -1
+        self.times: list[int] = []
+        self.next: int | None = None  # the first sample time from the window's end on
+        self.previous: float = -math.inf  # the last sample time before the window
 
-def _first(series: Sequence[Samples], start: float) -> float:
-    """The first sample time of any launch from ``start`` on (inf: none)."""
-    from bisect import bisect_left
+    def _load(self, when: int) -> None:
+        """The window of ``when``, sorted."""
+        from bisect import bisect_left, bisect_right
+        from itertools import chain
 
-    found = (bisect_left(samples.times, start) for samples in series)
-    return min((samples.times[index] for samples, index in zip(series, found) if index < len(samples.times)),
-               default=math.inf)
+        window = bisect_right(self.bounds, when) - 1
+        if window == self.window:
+            return
+        start, end = self.bounds[window], self.bounds[window + 1]
+        cuts = [(bisect_left(samples.times, start), bisect_left(samples.times, end)) for samples in self.series]
+        self.window = window
+        self.times = sorted(chain.from_iterable(samples.times[low:high]
+                                                for samples, (low, high) in zip(self.series, cuts)))
+        self.next = min((samples.times[high] for samples, (_, high) in zip(self.series, cuts)
+                         if high < len(samples.times)), default=None)
+        self.previous = max((samples.times[low - 1] for samples, (low, _) in zip(self.series, cuts) if low),
+                            default=-math.inf)
 
+    def after(self, when: int) -> int | None:
+        """The first sample time of any launch after ``when`` (None: none)."""
+        from bisect import bisect_right
 
-def _before(series: Sequence[Samples], start: float) -> float:
-    """The last sample time of any launch before ``start`` (-inf: none)."""
-    from bisect import bisect_left
+        self._load(when)
+        position = bisect_right(self.times, when)
+        return self.times[position] if position < len(self.times) else self.next
 
-    found = (bisect_left(samples.times, start) for samples in series)
-    return max((samples.times[index - 1] for samples, index in zip(series, found) if index), default=-math.inf)
+    def before(self, when: int) -> float:
+        """The last sample time of any launch before ``when`` (-inf: none)."""
+        from bisect import bisect_left
+
+        self._load(when)
+        position = bisect_left(self.times, when)
+        return self.times[position - 1] if position else self.previous
 
 
 class Sampler:
