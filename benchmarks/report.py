@@ -134,18 +134,20 @@ def run() -> str:
         "",
         f"`tcap report` merging N reports of {SAMPLES} budget samples each (the most a launch keeps), all "
         "from one node, so that one launch budget is computed over every sample of every report (the worst "
-        "case). The reports are written as `tcap run --report-json` writes them (the samples packed: three "
-        "base64 strings of little-endian integers, time in ms, pool threads, busy processes; "
+        "case). The reports are written as `tcap run --report-json` writes them (the samples packed: columns "
+        "of little-endian integers, zlib, base64: the time of each sample in ms; the pool threads and busy "
+        "processes only where they change, with the index of the sample; "
         f"{written['packed'] / largest / 1024:.0f} KiB each), with samples every 0.5 s, busy and idle phases, "
         "each launch starting at its own moment. tcap report checks the packed samples on their bytes and on "
-        "integers of thousands of digits (C code, no Python object per sample), and keeps only the points "
-        "where a launch's threads or busy processes change (here 5 % of the samples); the merge goes through "
-        f"those once in time order, in windows of at least {Budget.WINDOW} samples ({Budget.PER_LAUNCH} a "
-        "launch), so its time and memory grow linearly. The last row: reports as tcap wrote them before the "
+        "integers of thousands of digits (C code, no Python object per sample); only the points where a "
+        "launch's threads or busy processes change (here 5 % of the samples) are Python objects: the merge sorts "
+        f"and sums those in time order, in windows of {Budget.CHANGES} (itertools), and looks sample times up "
+        f"only where a launch or a stretch over the CPUs ends, in sorted windows of {Budget.WINDOW}, so its "
+        "time and memory grow linearly. The last row: reports as tcap wrote them before the "
         f"samples were packed (rows of numbers, one a line, {written['rows'] / EARLIER[0] / 1024:.0f} KiB each), "
         "which it still reads, parsing and checking every number. Wall and CPU time of the real command "
         "(median of the rounds), CPU time per sample, peak RSS from wait4 (the sample times are held as "
-        f"arrays, 8 bytes each). Target: {EARLIER[0]} reports within {SECONDS:g} s, and linear: the CPU time "
+        f"arrays, 8 bytes each). Target: {largest} reports within {SECONDS:g} s, and linear: the CPU time "
         f"per sample of the largest merge at most {LINEAR:g}x that of the smallest. Before: the figures "
         "issue 17 measured (the merge was quadratic in reports per node), then with the merge linear and the "
         "samples rows of numbers.",
@@ -163,7 +165,7 @@ def run() -> str:
         cpu = median([cpu for _, cpu, _ in measured])
         rss = max(rss for _, _, rss in measured) / (1 << 20)
         target = ""
-        before = BEFORE[count] if form == "packed" else ""
+        before = BEFORE.get(count, "") if form == "packed" else ""
         if count == largest and form == "packed":
             ratio = per_sample[count] / per_sample[smallest]
             met = median(walls) <= SECONDS and ratio <= LINEAR
