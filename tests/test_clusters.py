@@ -18,6 +18,7 @@ import pytest
 
 from conftest import PYTHON, TCAP, Isolated
 from engines import MPIRUN, SlurmCluster, mpirun_missing, slurm_missing
+from tcap.supervise import SAMPLES_ENCODING
 
 #: One line per rank: local rank, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 #: the affinity, and the OpenBLAS pool size numpy's OpenBLAS reports.
@@ -115,6 +116,8 @@ def test_probe_warnings_name_the_rank_and_reports_merge(iso: Isolated):
                           r"cap 1", out.stderr)) == 2, out.stderr
     files = sorted(str(p) for p in iso.work.glob("r-*.json"))
     assert len(files) == 2 and re.search(r"r-0-\S+\.json$", files[0])
+    assert all(json.loads(Path(f).read_text())["launch"]["budget_samples"]["encoding"] == SAMPLES_ENCODING
+               for f in files)
     merged = iso.run("report", "--json", "merged.json", *files, cwd=iso.work)
     assert merged.returncode == 1, merged.stderr
     assert re.search(r"^verdict: 2 reports from 1 node: 2 processes, 2 verified, 0 unverified, 2 violations",

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import PYTHON, Isolated
 from tcap.errors import EXIT_VIOLATION
+from tcap.supervise import SAMPLES_ENCODING
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
 
@@ -334,6 +335,7 @@ def test_report_merges_launches_of_several_nodes(sv: Isolated) -> None:
     assert merged.returncode == 0 and merged.stderr == "", merged.stderr
     assert len(re.findall(r"^node \S+: 1 launch, 1 processes$", merged.stdout, re.M)) == 2, merged.stdout
     assert re.search(r"^verdict: 2 reports from 2 nodes: all pools within caps \(2 processes", merged.stdout, re.M)
+    assert json.loads((sv.work / "a.json").read_text())["launch"]["budget_samples"]["encoding"] == SAMPLES_ENCODING
     data = json.loads((sv.work / "m.json").read_text())
     assert sorted(node["host"] for node in data["nodes"])[0] == "node02"
     assert all(node["budget"]["cpus"] for node in data["nodes"])
@@ -345,6 +347,10 @@ def test_report_merges_launches_of_several_nodes(sv: Isolated) -> None:
     ('{"processes": 3}', "not a tcap report (written by tcap run --report-json)"),
     ('{"processes": [], "verdict": "v", "launch": {"host": "h", "rank": null, "node_cpus": 2, "budget_samples": '
      '[[1.5, 2, "many"]]}}', "launch.budget_samples[0][2]: expected an integer"),
+    ('{"processes": [], "verdict": "v", "launch": {"host": "h", "rank": null, "node_cpus": 2, "budget_samples": '
+     '{"encoding": "base64 of zlib of little-endian integers: int64 time_ms of each sample; int32 changes, threads '
+     'and processes where they change", "time_ms": "eJw=", "changes": "", "threads": "", "processes": ""}}}',
+     "launch.budget_samples.time_ms: not base64 of zlib data (cut short)"),
 ])
 def test_report_of_a_bad_file_is_one_line_and_exit_2(sv: Isolated, content: str | None, message: str) -> None:
     path = sv.work / "bad.json"

@@ -674,7 +674,7 @@ STATUSES = ("ok", "VIOLATION", "unverified")
 MAX_MS = int(MAX_SECONDS * 1000)
 #: How ``launch.budget_samples`` is written (:func:`pack_samples`): columns
 #: of little-endian integers, each compressed with zlib, in base64 (about
-#: 12 KiB for the 4096 samples a launch keeps): ``time_ms``, the wall-clock
+#: 15 KiB for the 4096 samples a launch keeps): ``time_ms``, the wall-clock
 #: time of each sample in milliseconds, increasing; the pool threads and
 #: busy processes only where they change (they mostly stand still):
 #: ``changes``, the index of each sample where either does (increasing; both
