@@ -26,6 +26,7 @@ from typing import Any
 
 from common import median
 
+from tcap.reports import CHANGES, WINDOW
 from tcap.supervise import Budget, pack_samples, report_text
 
 #: Reports per run, and the rounds of each (the largest once: it takes the longest).
@@ -141,8 +142,8 @@ def run() -> str:
         "each launch starting at its own moment. tcap report checks the packed samples on their bytes and on "
         "integers of thousands of digits (C code, no Python object per sample); only the points where a "
         "launch's threads or busy processes change (here 5 % of the samples) are Python objects: the merge sorts "
-        f"and sums those in time order, in windows of {Budget.CHANGES} (itertools), and looks sample times up "
-        f"only where a launch or a stretch over the CPUs ends, in sorted windows of {Budget.WINDOW}, so its "
+        f"and sums those in time order, in windows of {CHANGES} (itertools), and looks sample times up "
+        f"only where a launch or a stretch over the CPUs ends, in sorted windows of {WINDOW}, so its "
         "time and memory grow linearly. The last row: reports as tcap wrote them before the "
         f"samples were packed (rows of numbers, one a line, {written['rows'] / EARLIER[0] / 1024:.0f} KiB each), "
         "which it still reads, parsing and checking every number. Wall and CPU time of the real command "

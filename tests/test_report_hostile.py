@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, Isolated
-from tcap import supervise
+from tcap import reports, supervise
 from tcap.cli import main
 from tcap.errors import EXIT_IO
 from users import User, shared_tmp, users  # noqa: F401
@@ -329,7 +329,7 @@ def test_pack_samples_writes_what_tcap_report_reads() -> None:
     the bounds; read back as they were packed."""
     packed = supervise.pack_samples([[3000, 1, 1], [1000, 2, 1], [3000, 5, 2], [-7, 1 << 40, 0], [10**20, 0, 0]])
     assert unpacked(packed) == [[0, (1 << 30) - 1, 0], [1000, 2, 1], [3000, 5, 2], [10**14, 0, 0]]
-    samples = supervise._samples(json.loads(json.dumps(packed)), "budget_samples")
+    samples = reports._samples(json.loads(json.dumps(packed)), "budget_samples")
     assert list(samples.times) == [0, 1000, 3000, 10**14]
     assert (list(samples.at), list(samples.threads), list(samples.processes)) == (
         [0, 1000, 3000, 10**14], [(1 << 30) - 1, 2 - (1 << 30) + 1, 3, -5], [0, 1, 1, -2])
@@ -343,8 +343,8 @@ def test_packed_and_earlier_rows_read_the_same() -> None:
     for _ in range(300):
         rows = [[1_800_000_000_000 + 500 * rng.randint(0, 30) + rng.choice([0, 1, 7]), rng.randint(0, 4),
                  rng.randint(0, 2)] for _ in range(rng.randint(0, 40))]
-        packed = supervise._samples(json.loads(json.dumps(supervise.pack_samples(rows))), "p")
-        earlier = supervise._samples([[when / 1000, threads, processes] for when, threads, processes in rows], "r")
+        packed = reports._samples(json.loads(json.dumps(supervise.pack_samples(rows))), "p")
+        earlier = reports._samples([[when / 1000, threads, processes] for when, threads, processes in rows], "r")
         for name in ("times", "at", "threads", "processes", "last"):
             assert getattr(packed, name) == getattr(earlier, name), (name, rows)
 
@@ -772,9 +772,9 @@ def test_the_merged_budget_is_its_definition(monkeypatch: pytest.MonkeyPatch, wi
     """Random launches (ties across and within launches, samples out of
     order, launches ending where others sample, over and under the CPUs)
     merged by the sweep and by the definition: the same budget."""
-    monkeypatch.setattr(supervise.Budget, "CHANGES", window[0])
-    monkeypatch.setattr(supervise.Budget, "WINDOW", window[1])
-    monkeypatch.setattr(supervise.Budget, "STRIDE", window[2])
+    monkeypatch.setattr(reports, "CHANGES", window[0])
+    monkeypatch.setattr(reports, "WINDOW", window[1])
+    monkeypatch.setattr(reports, "STRIDE", window[2])
     rng = random.Random(17)
     for _ in range(1500):
         series = []
@@ -783,6 +783,6 @@ def test_the_merged_budget_is_its_definition(monkeypatch: pytest.MonkeyPatch, wi
             series.append([[base + rng.choice([0, 500, 1000, 1500, 2000, 2500, rng.randint(0, 6000)]),
                             rng.randint(0, 5), rng.randint(0, 3)] for _ in range(rng.randint(0, 12))])
         cpus = rng.choice([None, 0, 1, 2, 4])
-        merged = supervise.Budget.merged(cpus, [supervise.Samples.rows(*zip(*rows)) if rows else
-                                                supervise.Samples.rows((), (), ()) for rows in series])
+        merged = reports.merged_budget(cpus, [reports.Samples.rows(*zip(*rows)) if rows else
+                                             reports.Samples.rows((), (), ()) for rows in series])
         assert merged.result() == budget_by_definition(cpus, series), (cpus, series)

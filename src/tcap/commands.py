@@ -347,17 +347,17 @@ def report(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, st
     """``tcap report FILE...``: merge the reports of several launches; the
     report on stdout, ``--json`` into its file (checked before any report is
     read: never one of them)."""
-    from tcap import supervise
+    from tcap import reports, supervise
     from tcap.errors import EXIT_IO
 
     if not rest:
         raise TcapError("tcap report: missing the report files (written by tcap run --report-json)")
-    if len(rest) > supervise.MAX_REPORTS:
-        raise TcapError(f"tcap report: {len(rest)} files, more than the {supervise.MAX_REPORTS} it merges")
+    if len(rest) > reports.MAX_REPORTS:
+        raise TcapError(f"tcap report: {len(rest)} files, more than the {reports.MAX_REPORTS} it merges")
     out = options.get("json")
     if out:
         supervise.check_destination(out, "--json", rest)
-    text, data = supervise.merge_reports([supervise.read_report(path) for path in rest])
+    text, data = reports.merge_reports([reports.read_report(path) for path in rest])
     if out:  # before stdout, which a pager closed early would end
         try:
             supervise.write_json(out, data)
