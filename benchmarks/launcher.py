@@ -62,7 +62,7 @@ def run(rounds: int) -> str:
         "costs at least that much. A console script (what `pip install` makes of `tcap`) cannot pass "
         "`-S` to its interpreter, so it pays for `site` like the first floor row; the `-S` row shows "
         "that even without `site` an exec-only Python launcher sits at about 2x. What tcap adds above "
-        "the floor is its own imports (eleven small modules: no argparse, dataclasses, typing, "
+        "the floor is its own imports (twelve small modules: no argparse, dataclasses, typing, "
         "re or TOML parser on a cached launch) and a few stat/read calls to check the cached plan "
         "against the profile files and machine facts. The *no cache* row is the first launch after a "
         "profile file changes: TOML is parsed and the plan resolved, then cached. The *64 other plans* "
