@@ -62,3 +62,10 @@ def one_line(text: str) -> str:
         else:
             out.append({"\n": "\\n", "\r": "\\r"}.get(char) or repr(char)[1:-1])
     return "".join(out)
+
+
+def printable(text: object) -> str:
+    """``text`` as :func:`one_line` makes it, tabs escaped too (they would
+    break columns): what a profile, a child, a probe record or a report
+    file holds reaches a table without moving the cursor or faking a line."""
+    return one_line(str(text)).replace("\t", "\\t")

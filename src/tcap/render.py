@@ -6,19 +6,10 @@ import json
 from collections.abc import Mapping, Sequence
 
 from tcap.cpuset import format_cpu_list
-from tcap.errors import one_line
+from tcap.errors import printable as printable  # re-exported: commands print through it
 from tcap.plan import Plan, inherited_overrides, on_planned_cpus
 from tcap.profiles import Listing
 from tcap.variables import VARIABLES
-
-
-def printable(text: str) -> str:
-    """``text`` with every character a terminal would act on written as an
-    escape (``\\r``, ``\\x1b``, ``\\u202e``, tabs too: they would break
-    the columns), so a string from a profile (a description, a name, a path)
-    cannot move the cursor, clear a line or fake one of tcap's own lines.
-    The same escapes as tcap's error lines (``tcap.errors.one_line``)."""
-    return one_line(text).replace("\t", "\\t")
 
 
 def printable_lines(lines: Sequence[str]) -> str:

@@ -15,8 +15,8 @@ import math
 import sys
 from array import array
 
-from tcap import safefile
-from tcap.errors import EXIT_USAGE
+from tcap import fields, safefile
+from tcap.errors import EXIT_USAGE, printable
 from tcap.supervise import (
     MAX_COUNT,
     MAX_MS,
@@ -26,17 +26,8 @@ from tcap.supervise import (
     SAMPLES_ENCODING,
     STATUSES,
     Budget,
-    _Bad,
     _enforced,
-    _get,
     _hazards,
-    _integer,
-    _items,
-    _number,
-    _object,
-    _printable,
-    _strings,
-    _text,
     _violation,
     budget_text,
     findings,
@@ -92,67 +83,67 @@ def read_report(path: str) -> Report:
     del raw
     try:
         return _report(path, data)
-    except _Bad as bad:
+    except fields.Bad as bad:
         raise TcapError(str(bad), path=path) from None
 
 
 def _report(path: str, data: Any) -> Report:
     if not isinstance(data, dict):
-        raise _Bad("not a tcap report (written by tcap run --report-json): not a JSON object")
+        raise fields.Bad("not a tcap report (written by tcap run --report-json): not a JSON object")
     for key, kind, noun in (("verdict", str, "a string"), ("processes", list, "a list"), ("launch", dict, "an object")):
         if not isinstance(data.get(key), kind):
             found = "missing" if key not in data else f"expected {noun}"
-            raise _Bad(f"not a tcap report (written by tcap run --report-json): {key}: {found}")
+            raise fields.Bad(f"not a tcap report (written by tcap run --report-json): {key}: {found}")
     processes = [_report_process(item, f"processes[{index}]") for index, item in enumerate(data["processes"])]
     launch = data["launch"]
     return Report(
         path,
-        _text(_get(launch, "host", "launch."), "launch.host") or "unknown host",
-        _text(_get(launch, "rank", "launch."), "launch.rank", null=True),
-        _integer(_get(launch, "node_cpus", "launch."), "launch.node_cpus", 1, MAX_COUNT, null=True),
+        fields.text(fields.get(launch, "host", "launch."), "launch.host") or "unknown host",
+        fields.text(fields.get(launch, "rank", "launch."), "launch.rank", null=True),
+        fields.integer(fields.get(launch, "node_cpus", "launch."), "launch.node_cpus", 1, MAX_COUNT, null=True),
         processes,
-        _samples(_get(launch, "budget_samples", "launch."), "launch.budget_samples"),
+        _samples(fields.get(launch, "budget_samples", "launch."), "launch.budget_samples"),
     )
 
 
 def _report_process(value: Any, where: str) -> dict[str, Any]:
     """A process entry of a report, as merge() wrote it."""
-    process = _object(value, where)
+    process = fields.obj(value, where)
     at = f"{where}."
 
     def field(key: str) -> Any:
-        return _get(process, key, at)
+        return fields.get(process, key, at)
 
-    status = _text(field("status"), at + "status")
+    status = fields.text(field("status"), at + "status")
     if status not in STATUSES:
-        raise _Bad(f"{at}status: expected one of {', '.join(STATUSES)}")
+        raise fields.Bad(f"{at}status: expected one of {', '.join(STATUSES)}")
     return {
-        "pid": _integer(field("pid"), at + "pid", 1, MAX_PID),
-        "ppid": _integer(field("ppid"), at + "ppid", 0, MAX_PID, null=True),
-        "command": _text(field("command"), at + "command"),
-        "argv": _strings(field("argv"), at + "argv"),
+        "pid": fields.integer(field("pid"), at + "pid", 1, MAX_PID),
+        "ppid": fields.integer(field("ppid"), at + "ppid", 0, MAX_PID, null=True),
+        "command": fields.text(field("command"), at + "command"),
+        "argv": fields.strings(field("argv"), at + "argv"),
         "status": status,
         "pools": [_report_pool(item, f"{at}pools[{index}]")
-                  for index, item in enumerate(_items(field("pools"), at + "pools"))],
+                  for index, item in enumerate(fields.items(field("pools"), at + "pools"))],
         "violations": [_violation(item, f"{at}violations[{index}]", "name")
-                       for index, item in enumerate(_items(field("violations"), at + "violations"))],
+                       for index, item in enumerate(fields.items(field("violations"), at + "violations"))],
         "enforced": _enforced(field("enforced"), at + "enforced"),
-        "peak_os_threads": _integer(field("peak_os_threads"), at + "peak_os_threads", null=True),
-        "unexplained_threads": _integer(field("unexplained_threads"), at + "unexplained_threads", null=True),
+        "peak_os_threads": fields.integer(field("peak_os_threads"), at + "peak_os_threads", null=True),
+        "unexplained_threads": fields.integer(field("unexplained_threads"), at + "unexplained_threads", null=True),
         "hazards": _hazards(field("hazards"), at + "hazards"),
-        "cpu_seconds": _number(field("cpu_seconds"), at + "cpu_seconds", 0, MAX_SECONDS, null=True),
+        "cpu_seconds": fields.number(field("cpu_seconds"), at + "cpu_seconds", 0, MAX_SECONDS, null=True),
     }
 
 
 def _report_pool(value: Any, where: str) -> dict[str, Any]:
-    pool = _object(value, where)
+    pool = fields.obj(value, where)
     at = f"{where}."
     return {
-        "name": _text(_get(pool, "name", at), at + "name", null=True),
-        "user_api": _text(_get(pool, "user_api", at), at + "user_api", null=True),
-        "threads": _integer(_get(pool, "threads", at), at + "threads"),
-        "cap": _integer(_get(pool, "cap", at), at + "cap", null=True),
-        "filepath": _text(_get(pool, "filepath", at), at + "filepath", null=True),
+        "name": fields.text(fields.get(pool, "name", at), at + "name", null=True),
+        "user_api": fields.text(fields.get(pool, "user_api", at), at + "user_api", null=True),
+        "threads": fields.integer(fields.get(pool, "threads", at), at + "threads"),
+        "cap": fields.integer(fields.get(pool, "cap", at), at + "cap", null=True),
+        "filepath": fields.text(fields.get(pool, "filepath", at), at + "filepath", null=True),
     }
 
 
@@ -163,7 +154,7 @@ def _samples(value: Any, where: str) -> Samples:
         return _packed(value, where)
     if isinstance(value, list):
         return _rows(value, where)
-    raise _Bad(f"{where}: expected an object (or the list of rows of an earlier tcap)")
+    raise fields.Bad(f"{where}: expected an object (or the list of rows of an earlier tcap)")
 
 
 #: The top bytes (little-endian, the last of each 4) of the integers from 0 to MAX_COUNT.
@@ -180,13 +171,13 @@ def _packed(value: Mapping[str, Any], where: str) -> Samples:
     is one."""
     if value.get("encoding") != SAMPLES_ENCODING:
         found = "missing" if "encoding" not in value else f"expected {SAMPLES_ENCODING!r}"
-        raise _Bad(f"{where}.encoding: {found}")
+        raise fields.Bad(f"{where}.encoding: {found}")
     raw = [_column(value, name, size, where) for name, size, _ in SAMPLE_COLUMNS]
     count, runs = len(raw[0]) // 8, len(raw[1]) // 4
     columns = []
     for (name, _, typecode), data in zip(SAMPLE_COLUMNS, raw):
         if name in ("threads", "processes") and len(data) != 4 * runs:
-            raise _Bad(f"{where}.{name}: {len(data) // 4} values, where changes has {runs}")
+            raise fields.Bad(f"{where}.{name}: {len(data) // 4} values, where changes has {runs}")
         column = array(typecode)
         column.frombytes(data)
         if sys.byteorder == "big":
@@ -196,7 +187,7 @@ def _packed(value: Mapping[str, Any], where: str) -> Samples:
     for (name, _, _), data, column in zip(SAMPLE_COLUMNS[1:], raw[1:], columns[1:]):
         if data[3::4].translate(None, _COUNT_TOPS):  # a value below 0 or above MAX_COUNT
             index, bad = next((index, item) for index, item in enumerate(column) if not 0 <= item <= MAX_COUNT)
-            raise _Bad(f"{where}.{name}[{index}]: {bad}, expected an integer from 0 to {MAX_COUNT}")
+            raise fields.Bad(f"{where}.{name}[{index}]: {bad}, expected an integer from 0 to {MAX_COUNT}")
     if count and not (raw[0][6::8].count(0) == raw[0][7::8].count(0) == count and _increasing(raw[0], 8)
                       and times[-1] <= MAX_MS):
         _misplaced(times, "time_ms", MAX_MS, f"expected milliseconds from 0 to {MAX_MS}", where)
@@ -209,9 +200,9 @@ def _misplaced(column: Sequence[int], name: str, high: int, expected: str, where
     """The first value of ``column`` not from 0 to ``high`` or not above the one before."""
     for index, item in enumerate(column):
         if not 0 <= item <= high:
-            raise _Bad(f"{where}.{name}[{index}]: {item}, {expected}")
+            raise fields.Bad(f"{where}.{name}[{index}]: {item}, {expected}")
         if index and item <= column[index - 1]:
-            raise _Bad(f"{where}.{name}[{index}]: {item}, not after the one before ({column[index - 1]}): "
+            raise fields.Bad(f"{where}.{name}[{index}]: {item}, not after the one before ({column[index - 1]}): "
                        "tcap writes them in order, each once")
     raise AssertionError(f"a bad value of {name} not found again")  # pragma: no cover
 
@@ -223,28 +214,29 @@ def _column(value: Mapping[str, Any], name: str, size: int, where: str) -> bytes
     import zlib
 
     at = f"{where}.{name}"
-    text = _get(value, name, f"{where}.")
+    text = fields.get(value, name, f"{where}.")
     if not isinstance(text, str):
-        raise _Bad(f"{at}: expected a string (base64)")
+        raise fields.Bad(f"{at}: expected a string (base64)")
     most = size * Budget.KEPT
     longest = 4 * -(-(most + most // 1000 + 64) // 3)  # what zlib makes of bytes it cannot compress, in base64
     if len(text) > longest:
-        raise _Bad(f"{at}: {len(text)} characters, more than the {longest} of the {Budget.KEPT} samples tcap writes")
+        raise fields.Bad(f"{at}: {len(text)} characters, more than the {longest} of the {Budget.KEPT} samples "
+                         "tcap writes")
     encoded = text.encode() if text.isascii() else b"?"
     padding = encoded.translate(None, _BASE64)  # what is not of its alphabet: only its padding at the end
     if padding not in (b"", b"=", b"==") or not encoded.endswith(padding) or len(encoded) % 4:
-        raise _Bad(f"{at}: not base64")
+        raise fields.Bad(f"{at}: not base64")
     inflate = zlib.decompressobj()
     try:
         data = inflate.decompress(binascii.a2b_base64(encoded), most + 1)
     except (binascii.Error, zlib.error) as failure:
-        raise _Bad(f"{at}: not base64 of zlib data ({failure})") from None
+        raise fields.Bad(f"{at}: not base64 of zlib data ({failure})") from None
     if len(data) > most:
-        raise _Bad(f"{at}: more than the {most} bytes of the {Budget.KEPT} samples tcap writes")
+        raise fields.Bad(f"{at}: more than the {most} bytes of the {Budget.KEPT} samples tcap writes")
     if not inflate.eof or inflate.unused_data:
-        raise _Bad(f"{at}: not base64 of zlib data (" + ("more after its end)" if inflate.eof else "cut short)"))
+        raise fields.Bad(f"{at}: not base64 of zlib data (" + ("more after its end)" if inflate.eof else "cut short)"))
     if len(data) % size:
-        raise _Bad(f"{at}: {len(data)} bytes, not a whole number of {size * 8}-bit integers")
+        raise fields.Bad(f"{at}: {len(data)} bytes, not a whole number of {size * 8}-bit integers")
     return data
 
 
@@ -287,7 +279,7 @@ def _rows(value: list[Any], where: str) -> Samples:
 
     rows = value
     if len(rows) > Budget.KEPT:
-        raise _Bad(f"{where}: {len(rows)} samples, more than the {Budget.KEPT} tcap writes")
+        raise fields.Bad(f"{where}: {len(rows)} samples, more than the {Budget.KEPT} tcap writes")
     if not rows:
         return Samples(array("q"), (), (), ())
     try:
@@ -303,10 +295,10 @@ def _rows(value: list[Any], where: str) -> Samples:
     for index, row in enumerate(rows):
         at = f"{where}[{index}]"
         if not isinstance(row, list) or len(row) != 3:
-            raise _Bad(f"{at}: expected [wall time, pool threads, busy processes]")
-        _number(row[0], at + "[0]", 0, MAX_SECONDS)
-        _integer(row[1], at + "[1]")
-        _integer(row[2], at + "[2]")
+            raise fields.Bad(f"{at}: expected [wall time, pool threads, busy processes]")
+        fields.number(row[0], at + "[0]", 0, MAX_SECONDS)
+        fields.integer(row[1], at + "[1]")
+        fields.integer(row[2], at + "[2]")
     raise AssertionError("a bad sample not found again")  # pragma: no cover
 
 
@@ -333,11 +325,11 @@ def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
         budget = merged_budget(max(cpus) if cpus else None, [item.samples for item in launches]).result()
         budgets.append((host, budget))
         noun = "launch" if len(launches) == 1 else "launches"
-        lines.append(f"node {_printable(host)}: {len(launches)} {noun}, {len(processes)} processes\n")
+        lines.append(f"node {printable(host)}: {len(launches)} {noun}, {len(processes)} processes\n")
         lines.append(table(processes, prefix=""))
         if budget["cpus"]:
             state = "VIOLATION" if budget["violated"] else "ok"
-            lines.append(f"launch budget of {_printable(host)}: {budget_text(budget)} ({state})\n")
+            lines.append(f"launch budget of {printable(host)}: {budget_text(budget)} ({state})\n")
         everything += processes
         out_nodes.append({"host": host, "reports": [item.path for item in launches], "processes": processes,
                           "budget": budget})
@@ -345,7 +337,7 @@ def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
     over = [host for host, budget in budgets if budget["violated"]]
     verdict = summary["verdict"]
     if over:
-        verdict += f"; over the launch budget on {', '.join(_printable(host) for host in over)}"
+        verdict += f"; over the launch budget on {', '.join(printable(host) for host in over)}"
     plural = "s" if len(nodes) != 1 else ""
     verdict = f"{len(reports)} reports from {len(nodes)} node{plural}: {verdict}"
     lines.append(findings({**summary, "budget": {"cpus": None}}, prefix=""))

@@ -30,8 +30,8 @@ import tempfile
 import time
 from array import array
 
-from tcap import safefile
-from tcap.errors import EXIT_IO, EXIT_VIOLATION, one_line
+from tcap import fields, safefile
+from tcap.errors import EXIT_IO, EXIT_VIOLATION, one_line, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -517,7 +517,7 @@ MAX_RECORD_BYTES = 4 << 20
 #: Bounds of what reports and probe records hold: pids, counts (threads,
 #: processes, CPUs), wall-clock and CPU seconds.
 MAX_PID = (1 << 31) - 1
-MAX_COUNT = (1 << 30) - 1
+MAX_COUNT = fields.MAX_COUNT
 MAX_SECONDS = 1e11
 STATUSES = ("ok", "VIOLATION", "unverified")
 
@@ -590,21 +590,21 @@ def _load_record(path: str) -> dict[str, Any] | None:
     None when it is anything else."""
     try:
         return _record(safefile.load_json(safefile.read(path, MAX_RECORD_BYTES, follow=False)))
-    except (OSError, ValueError):  # _Bad is a ValueError
+    except (OSError, ValueError):  # fields.Bad is a ValueError
         return None
 
 
 def _record(data: Any) -> dict[str, Any]:
     """The fields of a probe record (tcap.probe._write_record) that tcap reads."""
-    record = _object(data, "record")
-    pools = _items(record.get("pools"), "pools", null=True)
-    violations = _items(record.get("violations"), "violations", null=True)
+    record = fields.obj(data, "record")
+    pools = fields.items(record.get("pools"), "pools", null=True)
+    violations = fields.items(record.get("violations"), "violations", null=True)
     return {
-        "pid": _integer(record.get("pid"), "pid", 1, MAX_PID),
-        "ppid": _integer(record.get("ppid"), "ppid", 0, MAX_PID, null=True),
-        "argv": _strings(record.get("argv"), "argv", null=True),
-        "peak_os_threads": _integer(record.get("peak_os_threads"), "peak_os_threads", null=True),
-        "peak_unexplained_threads": _integer(record.get("peak_unexplained_threads"), "peak_unexplained_threads",
+        "pid": fields.integer(record.get("pid"), "pid", 1, MAX_PID),
+        "ppid": fields.integer(record.get("ppid"), "ppid", 0, MAX_PID, null=True),
+        "argv": fields.strings(record.get("argv"), "argv", null=True),
+        "peak_os_threads": fields.integer(record.get("peak_os_threads"), "peak_os_threads", null=True),
+        "peak_unexplained_threads": fields.integer(record.get("peak_unexplained_threads"), "peak_unexplained_threads",
                                              null=True),
         "pools": [_probe_pool(pool, f"pools[{index}]") for index, pool in enumerate(pools)],
         "violations": [_violation(item, f"violations[{index}]", "internal_api") for index, item in
@@ -615,104 +615,48 @@ def _record(data: Any) -> dict[str, Any]:
 
 
 def _probe_pool(value: Any, where: str) -> dict[str, Any]:
-    pool = _object(value, where)
+    pool = fields.obj(value, where)
     return {
-        "internal_api": _text(pool.get("internal_api"), f"{where}.internal_api", null=True),
-        "user_api": _text(pool.get("user_api"), f"{where}.user_api", null=True),
-        "num_threads": _integer(pool.get("num_threads"), f"{where}.num_threads", null=True),
-        "peak_threads": _integer(pool.get("peak_threads"), f"{where}.peak_threads", null=True),
-        "cap": _integer(pool.get("cap"), f"{where}.cap", null=True),
-        "filepath": _text(pool.get("filepath"), f"{where}.filepath", null=True),
+        "internal_api": fields.text(pool.get("internal_api"), f"{where}.internal_api", null=True),
+        "user_api": fields.text(pool.get("user_api"), f"{where}.user_api", null=True),
+        "num_threads": fields.integer(pool.get("num_threads"), f"{where}.num_threads", null=True),
+        "peak_threads": fields.integer(pool.get("peak_threads"), f"{where}.peak_threads", null=True),
+        "cap": fields.integer(pool.get("cap"), f"{where}.cap", null=True),
+        "filepath": fields.text(pool.get("filepath"), f"{where}.filepath", null=True),
     }
 
 
 def _violation(value: Any, where: str, name: str) -> dict[str, Any]:
     """A violation of a probe record (its pool's ``internal_api``) or of a
     report (``name``)."""
-    item = _object(value, where)
+    item = fields.obj(value, where)
     return {
-        name: _text(item.get(name), f"{where}.{name}", null=True),
-        "threads": _integer(item.get("threads"), f"{where}.threads", null=True),
-        "cap": _integer(item.get("cap"), f"{where}.cap", null=True),
-        "at": _number(item.get("at"), f"{where}.at", 0, MAX_SECONDS, null=True),
+        name: fields.text(item.get(name), f"{where}.{name}", null=True),
+        "threads": fields.integer(item.get("threads"), f"{where}.threads", null=True),
+        "cap": fields.integer(item.get("cap"), f"{where}.cap", null=True),
+        "at": fields.number(item.get("at"), f"{where}.at", 0, MAX_SECONDS, null=True),
     }
 
 
 def _enforced(value: Any, where: str) -> list[dict[str, Any]]:
     """What enforce did: passed through to the report, so only JSON scalars."""
     out = []
-    for index, item in enumerate(_items(value, where, null=True)):
-        entry = _object(item, f"{where}[{index}]")
+    for index, item in enumerate(fields.items(value, where, null=True)):
+        entry = fields.obj(item, f"{where}[{index}]")
         for key, field in entry.items():
             if not (field is None or isinstance(field, (str, bool))
                     or safefile.number(field, -MAX_SECONDS, MAX_SECONDS, integer=False) is not None):
-                raise _Bad(f"{where}[{index}].{key}: expected a string, a number or null")
+                raise fields.Bad(f"{where}[{index}].{key}: expected a string, a number or null")
         out.append(dict(entry))
     return out
 
 
 def _hazards(value: Any, where: str) -> list[dict[str, Any]]:
     out = []
-    for index, item in enumerate(_items(value, where, null=True)):
-        hazard = _object(item, f"{where}[{index}]")
-        out.append({key: _text(hazard.get(key), f"{where}[{index}].{key}") for key in ("kind", "what")})
+    for index, item in enumerate(fields.items(value, where, null=True)):
+        hazard = fields.obj(item, f"{where}[{index}]")
+        out.append({key: fields.text(hazard.get(key), f"{where}[{index}].{key}") for key in ("kind", "what")})
     return out
-
-
-class _Bad(ValueError):
-    """A field that is not what tcap writes there: ``where: what was expected``."""
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Bad(f"{where}: expected an object")
-    return value
-
-
-def _items(value: Any, where: str, null: bool = False) -> list[Any]:
-    if value is None and null:
-        return []
-    if not isinstance(value, list):
-        raise _Bad(f"{where}: expected a list")
-    return value
-
-
-def _integer(value: Any, where: str, low: int = 0, high: int = MAX_COUNT, null: bool = False) -> Any:
-    if value is None and null:
-        return None
-    if safefile.number(value, low, high) is None:
-        raise _Bad(f"{where}: expected an integer from {low} to {high}" + (" or null" if null else ""))
-    return value
-
-
-def _number(value: Any, where: str, low: float, high: float, null: bool = False) -> Any:
-    if value is None and null:
-        return None
-    if safefile.number(value, low, high, integer=False) is None:
-        raise _Bad(f"{where}: expected a number from {low:g} to {high:g}" + (" or null" if null else ""))
-    return value
-
-
-def _text(value: Any, where: str, null: bool = False) -> Any:
-    if value is None and null:
-        return None
-    if not isinstance(value, str):
-        raise _Bad(f"{where}: expected a string" + (" or null" if null else ""))
-    return value
-
-
-def _strings(value: Any, where: str, null: bool = False) -> list[str]:
-    items = _items(value, where, null)
-    for index, item in enumerate(items):
-        _text(item, f"{where}[{index}]")
-    return list(items)
-
-
-def _get(data: Mapping[str, Any], key: str, where: str) -> Any:
-    """``data[key]``, which a report must have."""
-    if key not in data:
-        raise _Bad(f"{where}{key}: missing")
-    return data[key]
 
 
 def _short(argv: Sequence[str]) -> str:
@@ -720,13 +664,6 @@ def _short(argv: Sequence[str]) -> str:
     if words:
         words[0] = os.path.basename(words[0])
     return " ".join(words)
-
-
-def _printable(text: object) -> str:
-    """``text`` with the characters a terminal acts on escaped (``\\x1b``,
-    ``\\r``, tabs: they would break the columns): what a child, a probe
-    record or a report file holds cannot forge or hide a line."""
-    return one_line(str(text)).replace("\t", "\\t")
 
 
 def merge(
@@ -803,7 +740,7 @@ def summarize(
     noun = "process" if len(processes) == 1 else "processes"
     counts = f"{len(processes)} {noun}, {verified} verified, {unverified} unverified"
     if violations:
-        shown = ", ".join(f"{_printable(v['name'])} {v['threads']} > {v['cap']} in pid {v['pid']}"
+        shown = ", ".join(f"{printable(v['name'])} {v['threads']} > {v['cap']} in pid {v['pid']}"
                           for v in violations[:3])
         more = f", {len(violations) - 3} more" if len(violations) > 3 else ""
         plural = "s" if len(violations) != 1 else ""
@@ -855,7 +792,7 @@ def findings(summary: Mapping[str, Any], prefix: str = "tcap: ") -> str:
     for hazard in summary["hazards"]:
         pids = ", ".join(str(pid) for pid in hazard["pids"][:4]) + (", ..." if len(hazard["pids"]) > 4 else "")
         lines.append(f"{hazard['kind']}: {hazard['what']} (pid {pids})")
-    return "".join(f"{prefix}{_printable(line)}\n" for line in lines)
+    return "".join(f"{prefix}{printable(line)}\n" for line in lines)
 
 
 def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str:
@@ -865,11 +802,11 @@ def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str
     ranked = any(process.get("rank") for process in processes)
     rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "OTHER", "CPU s", "STATUS")]
     for process in processes:
-        command = _printable(" ".join(str(process["command"]).split()))  # one line, whatever the argv holds
+        command = printable(" ".join(str(process["command"]).split()))  # one line, whatever the argv holds
         if len(command) > COMMAND_WIDTH:
             command = command[: COMMAND_WIDTH - 3] + "..."
         pools = ", ".join(
-            f"{_printable(pool['name'])} {pool['threads']}/{'-' if pool['cap'] is None else pool['cap']}"
+            f"{printable(pool['name'])} {pool['threads']}/{'-' if pool['cap'] is None else pool['cap']}"
             for pool in process["pools"]
         )
         if process["status"] == "unverified":
@@ -888,7 +825,7 @@ def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str
             )
         )
     if ranked:
-        rows = [(("RANK",) if index == 0 else (_printable(processes[index - 1].get("rank") or "-"),)) + row
+        rows = [(("RANK",) if index == 0 else (printable(processes[index - 1].get("rank") or "-"),)) + row
                 for index, row in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
