@@ -621,10 +621,12 @@ def test_wall_time_is_not_rounded_up_to_the_sampling_interval(iso: Isolated) -> 
                      PYTHON, "-c", "import time; time.sleep(0.16)")
     assert result.returncode == 0, result.stderr
     walls = [sample["wall"] for sample in json.loads(result.stdout)["ranking"][0]["samples"]]
-    # tcap run + interpreter start + 0.16 s: well under the 0.3 s a 0.1 s polling step gave
-    # (the median: the first run also resolves the plan, a cache miss, slower under load)
-    assert all(wall >= 0.16 for wall in walls), walls
-    assert sorted(walls)[1] < 0.29, walls
+    assert all(0.16 <= wall < 1.0 for wall in walls), walls
+    # Measured when the command ends, not when a polling step notices: a
+    # 0.1 s step (what it once was) gave times a few ms past a multiple of
+    # 0.1 s, every one of them; a bound on the time itself would depend on
+    # how fast this machine starts Python.
+    assert any(abs(wall * 10 - round(wall * 10)) > 0.05 for wall in walls), walls
 
 
 def test_a_chatty_failing_command_does_not_block_and_its_last_line_is_shown(iso: Isolated) -> None:

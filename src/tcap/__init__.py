@@ -7,8 +7,10 @@ def _entry() -> int:
     """The ``tcap`` command. Ctrl-C while tcap is still importing ends it as
     the signal would (no KeyboardInterrupt traceback); once ``main`` runs,
     Ctrl-C is its exit code 130."""
-    # signal's C core: the signal module itself imports enum, 6 ms on the launch path.
-    import _signal  # type: ignore[import-not-found]
+    try:  # signal's C core: the signal module itself imports enum, 6 ms on the launch path
+        import _signal  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover (an interpreter without it)
+        import signal as _signal
 
     previous = _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     from tcap.cli import main
