@@ -125,7 +125,7 @@ def test_mixed_openmp_runtimes_are_warned_once_and_reported(iso: Isolated):
     pytest.importorskip("sklearn")
     result, data = report(iso, MIXED)
     if not any(pool["name"] == "openmp" for p in data["processes"] for pool in p["pools"]):
-        # Seen in 2 of 4 full-suite runs on a loaded 2-CPU machine, never alone: the record lists
+        # Seen in 2 of 6 long runs on a loaded 2-CPU machine, never alone: the record lists
         # no OpenMP runtime at all (the probe's last check missed both). Known flake, under
         # investigation (see the issue 17 note); run once more rather than fail on it.
         result, data = report(iso, MIXED)
