@@ -465,10 +465,8 @@ def _write(directory: int, stem: str, content: dict[str, Any]) -> str:
     Written under a temporary name (created with O_EXCL) and renamed: a
     reader never sees half a booking. The random part cannot be guessed, so
     nobody can take the name first; the temporary file never stays behind."""
-    import secrets
-
     for _ in range(8):
-        name = f"{stem}-{secrets.token_hex(8)}"
+        name = f"{stem}-{os.urandom(8).hex()}"
         try:
             _replace(directory, name, content, fresh=True)
         except FileExistsError:
@@ -480,9 +478,7 @@ def _write(directory: int, stem: str, content: dict[str, Any]) -> str:
 def _replace(directory: int, name: str, content: dict[str, Any], fresh: bool = False) -> None:
     """Write ``content`` to ``name`` through a temporary file and a rename
     (with ``fresh``, fail with FileExistsError rather than replace a file)."""
-    import secrets
-
-    temporary = f"{TEMPORARY}{_uid()}-{secrets.token_hex(8)}"
+    temporary = f"{TEMPORARY}{_uid()}-{os.urandom(8).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(temporary, flags, 0o644, dir_fd=directory)
     try:

@@ -226,11 +226,9 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 def _create_temporary(directory: str, stem: str, mode: int) -> tuple[str, int]:
-    import secrets
-
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):
-        name = os.path.join(directory, f".{stem[:64]}.{secrets.token_hex(6)}.tmp")
+        name = os.path.join(directory, f".{stem[:64]}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(name, flags, mode)
         except FileExistsError:
