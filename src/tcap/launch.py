@@ -169,13 +169,15 @@ def _not_a_program(command: str) -> str | None:
     those with EACCES, which would read as a permission problem."""
     import stat
 
+    from tcap import safefile
+
     try:
         mode = os.stat(command).st_mode
     except OSError:
         return None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
-    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return safefile.kind(mode)
 
 
 def _missing_interpreter(command: str) -> str | None:

@@ -46,7 +46,8 @@ class Refused(OSError):
         super().__init__(code, reason, path)
 
 
-def _kind(mode: int) -> str:
+def kind(mode: int) -> str:
+    """What a file of ``mode`` is, for a message: "a FIFO", "a device"..."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -63,7 +64,7 @@ def check(path: str, info: os.stat_result, owners: Collection[int] | None = None
     file; with ``owners``, owned by one of those uids; with ``private``, not
     writable by group or others (else: not writable by others)."""
     if not stat.S_ISREG(info.st_mode):
-        raise Refused(path, f"{_kind(info.st_mode)}, not a regular file")
+        raise Refused(path, f"{kind(info.st_mode)}, not a regular file")
     if owners is not None and info.st_uid not in owners:
         raise Refused(path, f"owned by uid {info.st_uid}, not by {_owners_text(owners)}")
     if info.st_mode & (0o022 if private else 0o002):
@@ -249,7 +250,7 @@ def check_destination(path: str) -> None:
     except FileNotFoundError:
         return
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
-        raise Refused(path, f"{_kind(info.st_mode)}; refusing to replace it", errno.EEXIST)
+        raise Refused(path, f"{kind(info.st_mode)}; refusing to replace it", errno.EEXIST)
 
 
 def check_writable(path: str) -> None:
@@ -275,7 +276,7 @@ def private_dir(path: str, create: bool = True) -> str:
             pass
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise Refused(path, f"{'a symlink' if stat.S_ISLNK(info.st_mode) else _kind(info.st_mode)}, "
+        raise Refused(path, f"{'a symlink' if stat.S_ISLNK(info.st_mode) else kind(info.st_mode)}, "
                             "not a directory of yours")
     if info.st_uid != _uid():
         raise Refused(path, f"owned by uid {info.st_uid}, not by you")
