@@ -33,7 +33,22 @@ def child_environ(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> dict
     if bootstrap:
         entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != bootstrap]
         env["PYTHONPATH"] = os.pathsep.join([bootstrap, *entries])
+        if env.get("TCAP_SHARE"):
+            # This process (exec'ed into the command, or supervising it) is the
+            # launch's root: its probes share through a table named after it.
+            env["TCAP_SHARE_LAUNCH"] = f"{os.getpid()}:{share_dir(environ)}"
     return env
+
+
+def share_dir(environ: Mapping[str, str]) -> str:
+    """Where the launches' share tables live: ``$XDG_RUNTIME_DIR/tcap``
+    (a per-user tmpfs) when set, else ``$XDG_CACHE_HOME/tcap/share``."""
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime) and len(runtime) < 1024:
+        return os.path.join(runtime, "tcap")
+    from tcap.cache import cache_dir
+
+    return os.path.join(cache_dir(environ), "share")
 
 
 def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
@@ -59,6 +74,8 @@ def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str
         extra["TCAP_CPUS"] = ",".join(str(cpu) for cpu in plan.pin)
     if spec is not None and spec.origin:
         extra["TCAP_THREADPOOLCTL"] = spec.origin
+    if getattr(plan, "share", "busy") == "busy":  # the probes share the launch's CPUs at run time
+        extra["TCAP_SHARE"] = str(plan.cpus)
     return os.path.join(here, "_bootstrap"), extra
 
 

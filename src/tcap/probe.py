@@ -148,6 +148,8 @@ def start():
         atexit.register(_at_exit)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork)
+        if os.environ.get("TCAP_SHARE"):
+            _share_start()
         if _numeric_loaded() or _state["report_dir"]:
             _start_timer()
         else:
@@ -170,6 +172,7 @@ def _reset_process():
         peak_os_threads=0,
         timer=None,
         born=time.time(),
+        applied=None,
     )
 
 
@@ -195,13 +198,24 @@ def _start_timer():
     if _state.get("timer") is not None:
         return
 
+    _share_claim()
+
     def loop():
         delays = list(SCHEDULE)
+        due = time.monotonic() + delays.pop(0)
+        tick = 0.1  # the first look at the launch's table comes early: siblings are starting
         while True:
-            time.sleep(delays.pop(0) if delays else LAST)
+            sharer = _state.get("sharer")
+            now = time.monotonic()
+            time.sleep(max(0.0, min(due - now, tick) if sharer else due - now))
+            tick = _state["share_module"].TICK if sharer else tick
             if os.getpid() != _state.get("pid"):
                 return
-            check("timer")
+            if sharer:
+                _share_tick()
+            if time.monotonic() >= due:
+                check("timer")
+                due = time.monotonic() + (delays.pop(0) if delays else LAST)
 
     # threading must be imported here, on the thread that saw the numeric
     # import (the main one, unless the program itself already uses threads):
@@ -217,6 +231,13 @@ def _start_timer():
 def _after_fork():
     try:
         _reset_process()
+        sharer = _state.get("sharer")
+        if sharer is not None:
+            # A forked worker takes its share now, on its only thread, before its first task.
+            _state["sharer"] = None
+            _share_claim(busy=True)  # a forked worker imports nothing: it is about to work
+            if _state.get("sharer") is not None:
+                _share_tick(on_main=True)
         if _numeric_loaded() or _state.get("report_dir"):
             _start_timer()
     except Exception:
@@ -224,6 +245,10 @@ def _after_fork():
 
 
 def _at_exit():
+    try:
+        _share_stop()
+    except Exception:
+        _debug("leaving the share table")
     try:
         if _numeric_loaded():
             if _state.get("report_dir") or _may_be_over():
@@ -251,6 +276,156 @@ def _may_be_over():
         return True
     native = threads - 1 - _thread._count()
     return native >= min(caps.values())
+
+
+def _share_module():
+    module = _state.get("share_module")
+    if module is None:
+        module = _state["share_module"] = _load(
+            "_tcap_share", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_share.py"))
+    return module
+
+
+def _share_start():
+    """At interpreter start: a child of the launch (not its root) lowers the
+    variables of libraries not yet loaded to the share its busy siblings
+    leave it, before the program imports anything."""
+    try:
+        root = os.environ.get("TCAP_SHARE_LAUNCH", "").partition(":")[0]
+        if root == str(os.getpid()):
+            return  # the launch's first process: nothing else is busy yet
+        module = _share_module()
+        table = module.open_launch(os.environ, create=False)
+        if table is None:
+            return
+        _state["share_table"] = table
+        _state["share_table_pid"] = os.getpid()
+        done = module.lower_at_start(table, os.environ, _state["caps"], os.getpid())
+        keys = dict(module.START_VARIABLES)
+        _state["share_bases"] = {keys[name]: value for name, value in done.items()}
+    except Exception:
+        _debug("sharing at start")
+
+
+def _share_claim(busy=False):
+    """Join the launch's table (once numeric work may start, or after a fork)."""
+    if _state.get("sharer") is not None or not os.environ.get("TCAP_SHARE"):
+        return
+    try:
+        module = _share_module()
+        table = _state.get("share_table")
+        if table is not None and _state.get("share_table_pid") != os.getpid():
+            table = module.Table(table.cpus, table.path, table.fd)  # forked: the same file, a slot of its own
+        elif table is None:
+            table = module.open_launch(os.environ, create=True)
+            if table is None:
+                return
+        _state["share_table"] = table
+        _state["share_table_pid"] = os.getpid()
+        found = module.process_start(os.getpid())
+        if found is None or table.claim(os.getpid(), found[0]) is None:
+            return
+        sharer = _state["sharer"] = module.Sharer(table, os.getpid(), found[0], busy)
+        sharer.measure(len(sys.modules))
+        table.write(os.getpid(), found[0], busy, table.cpus, 0)
+        if "share_pools" not in _state:
+            _state["share_pools"] = module.Pools(_state.get("share_bases"))
+    except Exception:
+        _debug("joining the share table")
+
+
+def _share_tick(on_main=False):
+    """Measure, publish and decide; hand the pools' change to the main thread."""
+    sharer = _state["sharer"]
+    try:
+        import threading
+
+        timer = _state.get("timer")
+        target = sharer.tick(len(sys.modules), list(threading._active), timer.ident if timer else None)
+    except Exception:
+        _debug("sharing")
+        return
+    modules = len(sys.modules)
+    applied = _state.get("applied")  # (target, modules) of the last adjustment
+    pools = _state["share_pools"]
+    if applied is not None and applied[0] == target and (applied[1] == modules or (
+            target >= sharer.table.cpus and not pools.lowered())):
+        return
+    if applied is None and target >= sharer.table.cpus and not _state.get("limits"):
+        _state["applied"] = (target, modules)
+        return  # alone: every pool keeps the size it has
+    _state["applied"] = (target, modules)
+    if on_main:
+        _adjust(target)
+    else:
+        _on_main(("share",), lambda: _adjust(_state["applied"][0]))
+
+
+def _adjust(target):
+    """On the main thread (OpenBLAS and OpenMP take a new size from it only):
+    every run-time pool to min(its ceiling, ``target``, a build limit)."""
+    tpc = _threadpoolctl()
+    modules = len(sys.modules)
+    controller = _state.get("controller")
+    if controller is None or _state.get("controller_modules") != modules:
+        controller = _state["controller"] = tpc.ThreadpoolController()
+        _state["controller_modules"] = modules
+    caps = _state["caps"]
+    pools = []
+    for lib in controller.lib_controllers:
+        info = {"internal_api": lib.internal_api, "user_api": lib.user_api,
+                "threading_layer": getattr(lib, "threading_layer", None)}
+        key = "openmp" if info["threading_layer"] == "openmp" or lib.user_api == "openmp" else lib.internal_api
+        pools.append(((lib.filepath, lib.internal_api), key, lib.num_threads, cap_for(info, caps),
+                      lib.set_num_threads))
+    for pool in other_pools():
+        if pool["_limit"] is not None:
+            module, limit = pool["_module"], pool["_limit"]
+            pools.append(((pool["filepath"], pool["internal_api"]), pool["user_api"], pool["num_threads"],
+                          caps.get(pool["user_api"]), lambda n, m=module, f=limit: f(m, n)))
+    _state["share_pools"].adjust(pools, target, _state.get("limits"))
+
+
+def _share_stop():
+    table = _state.get("share_table")
+    if table is None or _state.get("share_table_pid") != os.getpid():
+        return
+    table.release()
+    if os.environ.get("TCAP_SHARE_LAUNCH", "").partition(":")[0] == str(os.getpid()):
+        try:
+            os.unlink(table.path)  # the launch's root leaves: the launch ends
+        except OSError:
+            pass
+
+
+def _on_main(key, work):
+    """Run ``work`` on the main thread: at once when this is it, else as a
+    CPython pending call (run at the main thread's next bytecode boundary)."""
+    if _thread.get_ident() == _state.get("main"):
+        work()
+        return
+    pending = _state.setdefault("pending", {})
+    if key in pending:
+        return
+    import ctypes
+
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+    def run(_):
+        try:
+            pending.pop(key, None)
+            work()
+        except Exception:
+            _debug("work on the main thread")
+        return 0
+
+    callback = callback_type(run)
+    pending[key] = callback  # keep it alive until it has run
+    add = ctypes.pythonapi.Py_AddPendingCall
+    add.argtypes = [callback_type, ctypes.c_void_p]
+    add.restype = ctypes.c_int
+    if add(callback, None) != 0:
+        pending.pop(key, None)
 
 
 def _load(name, path, register=False):
@@ -487,38 +662,9 @@ def _warn(pool, cap):
 
 
 def _enforce(tpc, pool, cap):
-    """Bring ``pool`` back to ``cap``, on the main thread.
-
-    OpenBLAS ignores a new limit set from any thread but the main one, so a
-    check running on the timer thread hands the work to the main thread as
-    a CPython pending call (run at its next bytecode boundary).
-    """
-    if _thread.get_ident() == _state.get("main"):
-        _limit(tpc, pool, cap)
-        return
-    pending = _state.setdefault("pending", {})
-    key = (pool.get("filepath"), cap)
-    if key in pending:
-        return
-    import ctypes
-
-    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-
-    def run(_):
-        try:
-            pending.pop(key, None)
-            _limit(tpc, pool, cap)
-        except Exception:
-            _debug("enforce")
-        return 0
-
-    callback = callback_type(run)
-    pending[key] = callback  # keep it alive until it has run
-    add = ctypes.pythonapi.Py_AddPendingCall
-    add.argtypes = [callback_type, ctypes.c_void_p]
-    add.restype = ctypes.c_int
-    if add(callback, None) != 0:
-        pending.pop(key, None)
+    """Bring ``pool`` back to ``cap``, on the main thread (OpenBLAS ignores
+    a new limit set from any other)."""
+    _on_main((pool.get("filepath"), cap), lambda: _limit(tpc, pool, cap))
 
 
 def _cpu_text(cpus):
@@ -621,6 +767,7 @@ def _write_record(reason, info, tpc):
         "pools": pools,
         "violations": _state.get("violations", []),
         "enforced": _state.get("enforced", []),
+        "share": _state["sharer"].record() if _state.get("sharer") is not None else None,
     }
     path = os.path.join(directory, f"{os.getpid()}.json")
     temporary = f"{path}.{time.monotonic_ns()}.tmp"

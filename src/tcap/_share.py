@@ -1,0 +1,406 @@
+"""Run-time CPU sharing: the probes of one launch divide its CPUs among the
+processes (and, inside a process, the Python threads) that are busy now.
+
+Loaded by path by the probe (as ``_tcap_share``) when ``TCAP_SHARE`` is set,
+and imported by the supervisor to clean up; standard library only, and
+nothing here imports a numeric library or threadpoolctl.
+
+The launch's state is one small file, private to the user, in
+``TCAP_SHARE_LAUNCH``'s directory, named after the launch's root process
+(the pid tcap exec'ed into, or the supervisor) and that process's start
+time, so a reused pid never meets an old file.  It holds ``SLOTS`` records
+of ``RECORD.size`` bytes, one per participating process: pid, start time,
+heartbeat (CLOCK_MONOTONIC, the same clock in every process), whether it is
+busy, the share it applies and its busy Python threads.  A process claims a
+slot under a POSIX record lock (tried, never waited on for long), then
+writes its own slot with pwrite and reads the table with one pread at
+every tick: no daemon, no supervisor, a few microseconds per tick.
+
+The rule (docs/verification.md, "Sharing"): a process is busy when over the
+last tick it used at least ``BUSY`` of a CPU and was not importing; with n
+busy processes (the deciding one always counted), each gets ``cpus // n``,
+the first ``cpus % n`` of them by pid one more, never less than 1; inside a
+process the share is divided among its busy Python threads.  A process that
+dies without a word stops counting once its heartbeat is ``STALE`` and the
+OS says it is gone (or a zombie).
+"""
+
+import os
+import struct
+import time
+
+RECORD = struct.Struct("<IQdHHH6x")  # pid, start, heartbeat, flags, share, busy threads: 32 bytes
+SLOTS = 256
+SIZE = RECORD.size * SLOTS
+TICK = 0.25  # seconds between two looks at the table
+BUSY = 0.5  # of one CPU, over a tick
+STALE = 0.6  # seconds without a heartbeat before the OS is asked whether a process lives
+IMPORTING = 20  # modules loaded during one tick: the process is still importing
+MAX_SAMPLES = 256
+BUSY_FLAG = 1
+#: Variables lowered at a Python child's start (before its imports) when its
+#: siblings are busy: (variable, cap key).  Numba and Polars size their pool
+#: once, at import, so this is the only time they can get their share;
+#: OpenMP and OpenBLAS can change later, but get it before the first call.
+START_VARIABLES = (("OMP_NUM_THREADS", "openmp"), ("OPENBLAS_NUM_THREADS", "openblas"),
+                   ("NUMBA_NUM_THREADS", "numba"), ("POLARS_MAX_THREADS", "polars"))
+
+
+def settings(environ):
+    """(cpus, root pid, directory) from TCAP_SHARE and TCAP_SHARE_LAUNCH, or None."""
+    cpus = environ.get("TCAP_SHARE", "")
+    root, _, directory = environ.get("TCAP_SHARE_LAUNCH", "").partition(":")
+    if not (cpus.isdigit() and root.isdigit() and directory) or len(cpus) > 6 or len(root) > 10:
+        return None
+    if not 0 < int(cpus) <= 65536 or not os.path.isabs(directory):
+        return None
+    return int(cpus), int(root), directory
+
+
+def process_start(pid):
+    """(start time in clock ticks, state letter) of ``pid`` from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read(4096)
+    except OSError:
+        return None
+    fields = text[text.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19]), fields[0].decode("ascii", "replace")
+    except (IndexError, ValueError):
+        return None
+
+
+def path_for(root, directory):
+    """The launch's state file, or None when its root process is gone."""
+    found = process_start(root)
+    if found is None:
+        return None
+    return os.path.join(directory, f"share-{root}-{found[0]}")
+
+
+def _private_dir(directory):
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    info = os.lstat(directory)
+    if not (info.st_mode & 0o170000 == 0o040000 and info.st_uid == os.geteuid() and not info.st_mode & 0o022):
+        raise PermissionError(f"{directory}: not a private directory of this user")
+
+
+def open_table(path, create):
+    """The state file's descriptor: only a regular file of this user's that
+    nobody else can write, and no bigger than the table (else OSError)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    created = False
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+        _private_dir(os.path.dirname(path))
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not (info.st_mode & 0o170000 == 0o100000 and info.st_uid == os.geteuid()
+                and not info.st_mode & 0o022 and info.st_size <= SIZE and info.st_nlink == 1):
+            raise PermissionError(f"{path}: not a private state file of this user")
+    except BaseException:
+        os.close(fd)
+        raise
+    if created:
+        sweep(os.path.dirname(path), os.path.basename(path))
+    return fd
+
+
+def sweep(directory, keep):
+    """Remove the state files of launches whose root process is gone (a
+    root killed without a word leaves its file); bounded."""
+    try:
+        names = os.listdir(directory)[:1024]
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if name == keep or len(parts) != 3 or parts[0] != "share" or not (parts[1].isdigit() and parts[2].isdigit()):
+            continue
+        found = process_start(int(parts[1]))
+        if found is None or str(found[0]) != parts[2]:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def read_table(fd):
+    data = os.pread(fd, SIZE, 0)
+    data = data[: len(data) - len(data) % RECORD.size]
+    return list(RECORD.iter_unpack(data))
+
+
+def divide(cpus, busy_pids, me):
+    """``me``'s share of ``cpus`` among ``busy_pids`` (``me`` is counted
+    whether or not it is in them): cpus // n, one more for the first
+    cpus % n by pid, never below 1."""
+    pids = sorted(set(busy_pids) | {me})
+    n = len(pids)
+    share = cpus // n + (1 if pids.index(me) < cpus % n else 0)
+    return max(1, share), n
+
+
+def split(share, threads):
+    """A process's share divided among its busy Python threads (>= 1)."""
+    return max(1, share // max(1, threads))
+
+
+class Table:
+    """One process's view of its launch's table."""
+
+    def __init__(self, cpus, path, fd):
+        self.cpus = cpus
+        self.path = path
+        self.fd = fd
+        self.slot = None
+        self.dead = set()  # (pid, start) known gone
+
+    def busy_others(self, me, now):
+        found = []
+        for pid, start, beat, flags, _, _ in read_table(self.fd):
+            if pid == 0 or pid == me or not flags & BUSY_FLAG or (pid, start) in self.dead:
+                continue
+            if now - beat > STALE and not self._alive(pid, start):
+                continue
+            found.append(pid)
+        return found
+
+    def _alive(self, pid, start):
+        state = process_start(pid)
+        if state is None or state[0] != start or state[1] in ("Z", "X", "x"):
+            if len(self.dead) < 4096:
+                self.dead.add((pid, start))
+            return False
+        return True
+
+    def claim(self, pid, start):
+        """A slot for this process, under a lock tried for at most ~50 ms."""
+        import fcntl
+
+        for _ in range(50):
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                time.sleep(0.001)
+        else:
+            return None
+        try:
+            records = read_table(self.fd)
+            now = time.monotonic()
+            own = reuse = None
+            for index, (other, other_start, beat, _, _, _) in enumerate(records):
+                if other == pid:
+                    own = index
+                    break
+                if reuse is None and (other == 0 or (now - beat > STALE and not self._alive(other, other_start))):
+                    reuse = index
+            slot = own if own is not None else reuse if reuse is not None else \
+                len(records) if len(records) < SLOTS else None
+            if slot is None:
+                return None
+            os.pwrite(self.fd, RECORD.pack(pid, start, now, 0, 0, 0), slot * RECORD.size)
+            self.slot = slot
+            return slot
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def write(self, pid, start, busy, share, threads):
+        if self.slot is not None:
+            os.pwrite(self.fd, RECORD.pack(pid, start, time.monotonic(), BUSY_FLAG if busy else 0,
+                                           min(share, 65535), min(threads, 65535)), self.slot * RECORD.size)
+
+    def release(self):
+        if self.slot is not None:
+            try:
+                os.pwrite(self.fd, bytes(RECORD.size), self.slot * RECORD.size)
+            except OSError:
+                pass
+            self.slot = None
+
+
+def open_launch(environ, create):
+    """The launch's Table, or None (sharing off, root gone, state refused)."""
+    found = settings(environ)
+    if found is None:
+        return None
+    cpus, root, directory = found
+    path = path_for(root, directory)
+    if path is None:
+        return None
+    try:
+        return Table(cpus, path, open_table(path, create))
+    except OSError:
+        return None
+
+
+def lower_at_start(table, environ, caps, me):
+    """In a child Python at interpreter start: lower the START_VARIABLES to
+    its share of the CPUs its busy siblings leave.  Returns {variable:
+    (value set, value before or None)}; the original values of a lowering
+    done by an ancestor are kept in TCAP_SHARED so none is taken for the
+    program's own choice."""
+    earlier = {}
+    for item in environ.get("TCAP_SHARED", "").split(","):
+        name, _, rest = item.partition("=")
+        value, _, before = rest.partition("/")
+        if name:
+            earlier[name] = (value, before or None)
+    share, _ = divide(table.cpus, table.busy_others(me, time.monotonic()), me)
+    done = {}
+    for name, key in START_VARIABLES:
+        current = environ.get(name)
+        if name in earlier and current == earlier[name][0]:
+            current = earlier[name][1]  # tcap's own lowering: the value before it is the ceiling
+            if current is None:
+                del environ[name]
+            else:
+                environ[name] = current
+        ceiling = caps.get(key, caps.get("openmp" if key == "openmp" else "blas", table.cpus))
+        if current is not None:
+            first = current.split(",")[0].strip()
+            if not first.isdigit() or not 0 < int(first) <= 65536:
+                continue  # the program's or user's own value, not a count tcap reads
+            ceiling = min(ceiling, int(first))
+        if share < ceiling:
+            environ[name] = str(share)
+            done[name] = (str(share), current)
+    shared = {name: value for name, value in earlier.items() if name not in done}
+    for name, (value, before) in done.items():
+        shared[name] = (value, before)
+    if shared:
+        environ["TCAP_SHARED"] = ",".join(f"{n}={v}/{b or ''}" for n, (v, b) in shared.items())
+    return done
+
+
+class Sharer:
+    """The sharing state of one process: what it measured, decided and set."""
+
+    def __init__(self, table, pid, start, busy=False):
+        self.table = table
+        self.pid = pid
+        self.start = start
+        self.last = None  # (monotonic, process CPU time, modules)
+        self.threads = {}  # Python thread ident -> CPU time at the last tick
+        self.share = table.cpus  # the process's share of the launch's CPUs
+        self.per_thread = table.cpus
+        self.busy = busy  # until the first measurement: a forked worker counts as busy from its start
+        self.low = self.high = None
+        self.changes = 0
+        self.busy_peak = 0
+        self.threads_peak = 0
+        self.samples = []
+        self.every = 1  # keep every n-th change once the samples are full
+        self.skipped = 0
+
+    def measure(self, modules):
+        """The starting point of the first tick's measurement."""
+        self.last = (time.monotonic(), time.process_time(), modules)
+
+    def tick(self, modules, python_threads, probe_thread):
+        """Measure, publish, decide; returns the per-thread share."""
+        now = time.monotonic()
+        cpu = time.process_time()
+        busy_threads = 0
+        if self.last is not None:
+            elapsed = max(now - self.last[0], 1e-3)
+            importing = modules - self.last[2] >= IMPORTING
+            self.busy = (cpu - self.last[1]) / elapsed >= BUSY and not importing
+            seen = {}
+            for ident in list(python_threads)[:256]:
+                if ident == probe_thread:
+                    continue
+                try:
+                    used = time.clock_gettime(time.pthread_getcpuclockid(ident))
+                except (OSError, OverflowError, ValueError):
+                    continue  # ended meanwhile
+                seen[ident] = used
+                if ident in self.threads and (used - self.threads[ident]) / elapsed >= BUSY:
+                    busy_threads += 1
+            self.threads = seen
+        self.last = (now, cpu, modules)
+        others = self.table.busy_others(self.pid, now)
+        self.share, n = divide(self.table.cpus, others, self.pid)
+        count = len(others) + (1 if self.busy else 0)
+        self.busy_peak = max(self.busy_peak, count)
+        self.threads_peak = max(self.threads_peak, busy_threads)
+        self.table.write(self.pid, self.start, self.busy, self.share, busy_threads)
+        per_thread = split(self.share, busy_threads)
+        self.note(per_thread, count)
+        return per_thread
+
+    def note(self, per_thread, busy):
+        if per_thread == self.per_thread and self.low is not None:
+            return
+        if self.low is not None:
+            self.changes += 1
+        self.per_thread = per_thread
+        self.low = per_thread if self.low is None else min(self.low, per_thread)
+        self.high = per_thread if self.high is None else max(self.high, per_thread)
+        self.skipped += 1
+        if self.skipped >= self.every:
+            self.skipped = 0
+            self.samples.append([round(time.time(), 3), per_thread, busy])
+            if len(self.samples) >= MAX_SAMPLES:
+                self.samples = self.samples[::2]
+                self.every *= 2
+
+    def record(self):
+        return {"cpus": self.table.cpus, "now": self.per_thread, "low": self.low or self.per_thread,
+                "high": self.high or self.per_thread, "changes": self.changes, "busy_peak": self.busy_peak,
+                "threads_peak": self.threads_peak, "samples": list(self.samples)}
+
+
+class Pools:
+    """Run-time pools as tcap last set them, to tell tcap's own changes from
+    the program's: a pool the program changed is taken at its new size as
+    the ceiling (tcap never raises a pool the program lowered)."""
+
+    def __init__(self, start_bases=None):
+        self.owned = {}  # key -> (ceiling, size tcap last saw or set)
+        self.start_bases = start_bases or {}  # cap key -> (value set at start, value before it)
+
+    def lowered(self):
+        return any(size < ceiling for ceiling, size in self.owned.values())
+
+    def adjust(self, pools, target, limits=None):
+        """``pools``: (key, cap key, current size, cap or None, setter or
+        None).  Sets each to min(ceiling, cap, target, limit); returns
+        [(key, from, to)] for what changed."""
+        changed = []
+        for key, cap_key, current, cap, setter in pools:
+            if not isinstance(current, int) or isinstance(current, bool) or current < 1:
+                continue
+            state = self.owned.get(key)
+            if state is None:
+                ceiling = current
+                base = self.start_bases.get(cap_key)
+                if base is not None and str(current) == base[0]:
+                    before = (base[1] or "").split(",")[0].strip()
+                    ceiling = int(before) if before.isdigit() and int(before) > 0 else (cap or current)
+            elif current != state[1]:
+                ceiling = current  # the program's own change
+            else:
+                ceiling = state[0]
+            want = max(1, min(ceiling, cap or ceiling, target or ceiling,
+                              (limits or {}).get(cap_key) or ceiling))
+            if want != current and setter is not None:
+                try:
+                    setter(want)
+                except Exception:
+                    self.owned[key] = (ceiling, current)
+                    continue
+                changed.append((key, current, want))
+                current = want
+            self.owned[key] = (ceiling, current)
+        return changed
