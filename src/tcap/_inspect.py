@@ -116,7 +116,8 @@ def _safefile():
     this file (inside another interpreter, where tcap may not be importable)."""
     module = sys.modules.get("tcap.safefile") or sys.modules.get("_tcap_safefile")
     if module is None:
-        from importlib.util import module_from_spec, spec_from_file_location
+        from _frozen_importlib import module_from_spec
+        from _frozen_importlib_external import spec_from_file_location
 
         spec = spec_from_file_location("_tcap_safefile", os.path.join(os.path.dirname(__file__), "safefile.py"))
         module = module_from_spec(spec)
@@ -240,7 +241,8 @@ def record(directory, executable, facts):
 
 def _load_threadpoolctl(path):
     if path:
-        from importlib.util import module_from_spec, spec_from_file_location
+        from _frozen_importlib import module_from_spec
+        from _frozen_importlib_external import spec_from_file_location
 
         spec = spec_from_file_location("_tcap_threadpoolctl", path)
         module = module_from_spec(spec)

@@ -29,15 +29,18 @@ import os
 import struct
 import time
 
-RECORD = struct.Struct("<IQdHHH6x")  # pid, start, heartbeat, flags, share, busy threads: 32 bytes
+RECORD = struct.Struct("<IIQdHHH2x")  # pid, parent pid, start, heartbeat, flags, share, busy threads: 32 bytes
 SLOTS = 256
 SIZE = RECORD.size * SLOTS
 TICK = 0.25  # seconds between two looks at the table
 BUSY = 0.5  # of one CPU, over a tick
 STALE = 0.6  # seconds without a heartbeat before the OS is asked whether a process lives
+HOLD = 2  # idle ticks in a row before a busy process counts as idle
 IMPORTING = 20  # modules loaded during one tick: the process is still importing
 MAX_SAMPLES = 256
 BUSY_FLAG = 1
+STARTING_FLAG = 2  # a Python child at start, before its first measurement
+STARTING = 2.0  # seconds a start counts for the siblings
 #: Variables lowered at a Python child's start (before its imports) when its
 #: siblings are busy: (variable, cap key).  Numba and Polars size their pool
 #: once, at import, so this is the only time they can get their share;
@@ -140,6 +143,23 @@ def read_table(fd):
     return list(RECORD.iter_unpack(data))
 
 
+def demand(tid):
+    """Seconds thread ``tid`` of this process has run or waited to run (its
+    demand for a CPU, which a busy machine does not hide), from Linux's
+    schedstat; None when the thread ended or the kernel keeps no schedstat."""
+    try:
+        fd = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fields = os.read(fd, 128).split()
+        return (int(fields[0]) + int(fields[1])) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def divide(cpus, busy_pids, me):
     """``me``'s share of ``cpus`` among ``busy_pids`` (``me`` is counted
     whether or not it is in them): cpus // n, one more for the first
@@ -165,10 +185,14 @@ class Table:
         self.slot = None
         self.dead = set()  # (pid, start) known gone
 
-    def busy_others(self, me, now):
+    def busy_others(self, me, now, parent=None):
+        """The pids of the other busy processes; a sibling (same parent) that
+        is starting counts too: pool workers start together, then work."""
         found = []
-        for pid, start, beat, flags, _, _ in read_table(self.fd):
-            if pid == 0 or pid == me or not flags & BUSY_FLAG or (pid, start) in self.dead:
+        for pid, ppid, start, beat, flags, _, _ in read_table(self.fd):
+            if pid == 0 or pid == me or (pid, start) in self.dead:
+                continue
+            if not flags & BUSY_FLAG and not (flags & STARTING_FLAG and ppid == parent and now - beat < STARTING):
                 continue
             if now - beat > STALE and not self._alive(pid, start):
                 continue
@@ -183,7 +207,7 @@ class Table:
             return False
         return True
 
-    def claim(self, pid, start):
+    def claim(self, pid, start, flags=0):
         """A slot for this process, under a lock tried for at most ~50 ms."""
         import fcntl
 
@@ -199,7 +223,7 @@ class Table:
             records = read_table(self.fd)
             now = time.monotonic()
             own = reuse = None
-            for index, (other, other_start, beat, _, _, _) in enumerate(records):
+            for index, (other, _, other_start, beat, _, _, _) in enumerate(records):
                 if other == pid:
                     own = index
                     break
@@ -209,7 +233,7 @@ class Table:
                 len(records) if len(records) < SLOTS else None
             if slot is None:
                 return None
-            os.pwrite(self.fd, RECORD.pack(pid, start, now, 0, 0, 0), slot * RECORD.size)
+            os.pwrite(self.fd, RECORD.pack(pid, os.getppid(), start, now, flags, 0, 0), slot * RECORD.size)
             self.slot = slot
             return slot
         finally:
@@ -217,7 +241,7 @@ class Table:
 
     def write(self, pid, start, busy, share, threads):
         if self.slot is not None:
-            os.pwrite(self.fd, RECORD.pack(pid, start, time.monotonic(), BUSY_FLAG if busy else 0,
+            os.pwrite(self.fd, RECORD.pack(pid, os.getppid(), start, time.monotonic(), BUSY_FLAG if busy else 0,
                                            min(share, 65535), min(threads, 65535)), self.slot * RECORD.size)
 
     def release(self):
@@ -256,7 +280,7 @@ def lower_at_start(table, environ, caps, me):
         value, _, before = rest.partition("/")
         if name:
             earlier[name] = (value, before or None)
-    share, _ = divide(table.cpus, table.busy_others(me, time.monotonic()), me)
+    share, _ = divide(table.cpus, table.busy_others(me, time.monotonic(), os.getppid()), me)
     done = {}
     for name, key in START_VARIABLES:
         current = environ.get(name)
@@ -291,9 +315,11 @@ class Sharer:
         self.pid = pid
         self.start = start
         self.last = None  # (monotonic, process CPU time, modules)
-        self.threads = {}  # Python thread ident -> CPU time at the last tick
+        self.threads = {}  # native id of a Python thread -> its demand at the last tick
         self.share = table.cpus  # the process's share of the launch's CPUs
         self.per_thread = table.cpus
+        self.busy_threads = 0
+        self.calm = 0  # ticks in a row that measured less demand than the flags say
         self.busy = busy  # until the first measurement: a forked worker counts as busy from its start
         self.low = self.high = None
         self.changes = 0
@@ -307,29 +333,41 @@ class Sharer:
         """The starting point of the first tick's measurement."""
         self.last = (time.monotonic(), time.process_time(), modules)
 
-    def tick(self, modules, python_threads, probe_thread):
-        """Measure, publish, decide; returns the per-thread share."""
+    def tick(self, modules, python_threads):
+        """Measure, publish, decide; returns the per-thread share.
+        ``python_threads``: the native ids of the program's Python threads."""
         now = time.monotonic()
         cpu = time.process_time()
         busy_threads = 0
-        if self.last is not None:
-            elapsed = max(now - self.last[0], 1e-3)
+        seen = {}
+        for tid in list(python_threads)[:256]:
+            used = demand(tid)
+            if used is not None:
+                seen[tid] = used
+        if self.last is not None and now - self.last[0] < 0.05:
+            seen, busy_threads = self.threads, self.busy_threads  # too soon to measure (a fork's first look)
+        elif self.last is not None:
+            elapsed = now - self.last[0]
             importing = modules - self.last[2] >= IMPORTING
-            self.busy = (cpu - self.last[1]) / elapsed >= BUSY and not importing
-            seen = {}
-            for ident in list(python_threads)[:256]:
-                if ident == probe_thread:
-                    continue
-                try:
-                    used = time.clock_gettime(time.pthread_getcpuclockid(ident))
-                except (OSError, OverflowError, ValueError):
-                    continue  # ended meanwhile
-                seen[ident] = used
-                if ident in self.threads and (used - self.threads[ident]) / elapsed >= BUSY:
-                    busy_threads += 1
+            busy_threads = sum(1 for tid, used in seen.items()
+                               if tid in self.threads and (used - self.threads[tid]) / elapsed >= BUSY)
+            # Busy: a Python thread wants a CPU (running or waiting for one),
+            # or the native pools run without one of them (Polars, a C pool).
+            busy = not importing and (busy_threads > 0 or (cpu - self.last[1]) / elapsed >= BUSY)
+            # Busy at once, idle only after HOLD idle ticks in a row (and
+            # fewer busy threads likewise): a task's gap does not hand the
+            # CPUs around, nor does a forked worker's wait for its first task.
+            self.calm = self.calm + 1 if (self.busy and not busy) or busy_threads < self.busy_threads else 0
+            if not busy and self.busy and self.calm < HOLD:
+                busy = True
+            if busy_threads < self.busy_threads and self.calm < HOLD:
+                busy_threads = self.busy_threads
+            self.busy = busy
+        if seen is not self.threads:
             self.threads = seen
-        self.last = (now, cpu, modules)
-        others = self.table.busy_others(self.pid, now)
+            self.last = (now, cpu, modules)
+        self.busy_threads = busy_threads
+        others = self.table.busy_others(self.pid, now, os.getppid())
         self.share, n = divide(self.table.cpus, others, self.pid)
         count = len(others) + (1 if self.busy else 0)
         self.busy_peak = max(self.busy_peak, count)

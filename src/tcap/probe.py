@@ -300,6 +300,9 @@ def _share_start():
             return
         _state["share_table"] = table
         _state["share_table_pid"] = os.getpid()
+        found = module.process_start(os.getpid())
+        if found is not None:
+            table.claim(os.getpid(), found[0], module.STARTING_FLAG)  # the siblings starting with it see it
         done = module.lower_at_start(table, os.environ, _state["caps"], os.getpid())
         keys = dict(module.START_VARIABLES)
         _state["share_bases"] = {keys[name]: value for name, value in done.items()}
@@ -341,7 +344,12 @@ def _share_tick(on_main=False):
         import threading
 
         timer = _state.get("timer")
-        target = sharer.tick(len(sys.modules), list(threading._active), timer.ident if timer else None)
+        ours = timer.ident if timer else None
+        threads = [thread.native_id for ident, thread in list(threading._active.items())
+                   if ident != ours and getattr(thread, "native_id", None)]
+        if not threads:  # a forked child before threading's own fork handler ran
+            threads = [threading.get_native_id()]
+        target = sharer.tick(len(sys.modules), threads)
     except Exception:
         _debug("sharing")
         return
