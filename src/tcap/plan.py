@@ -18,10 +18,14 @@ from tcap.cpuset import format_cpu_list, parse_cpu_spec
 from tcap.errors import TcapError
 from tcap.machine import Machine, usable
 from tcap.policy import Policy
-from tcap.profiles import Origin, Profile, Setting, count_problem
+from tcap.profiles import SHARE_MODES, Origin, Profile, Setting, count_problem
 from tcap.variables import APIS, CAP_KEYS, VARIABLES, Variable, keys_for
 
 DEFAULT_VERIFY = "warn"
+#: Whether the probes of a launch share its CPUs among the processes (and
+#: Python threads) busy at run time ("busy") or leave every pool at its cap
+#: ("off"); the profile key and flag ``share`` choose, this is the default.
+DEFAULT_SHARE = "busy"
 #: Cap keys whose threads may all call into an OpenBLAS at once: its own
 #: pool, and OpenMP (a KMeans fit's OpenMP threads each call BLAS).
 BLAS_CALLERS = ("openblas", "openmp")
@@ -92,12 +96,13 @@ class Overrides:
     workers: int | str | None = None
     cpus: str | None = None
     verify: str | None = None
+    share: str | None = None
     #: ``--set VAR=VAL`` in order given.
     env: tuple[tuple[str, str], ...] = ()
 
     def settings(self) -> dict[str, Setting]:
         out = {}
-        for key in ("threads", *APIS, "workers", "cpus", "verify"):
+        for key in ("threads", *APIS, "workers", "cpus", "verify", "share"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = Setting(value, Origin(f"flag --{key} {value}"))
@@ -133,7 +138,10 @@ class Plan:
     #: The cap of every thread-count key (threads, blas, openmp, libraries).
     caps: dict[str, int]
     verify: str
-    #: Why each of cpus (the set), workers, verify and every cap is so.
+    #: "busy": the probes share the launch's CPUs among its busy processes
+    #: and threads at run time; "off": every pool stays at its cap.
+    share: str
+    #: Why each of cpus (the set), workers, verify, share and every cap is so.
     why: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     #: ``cpus = "auto:N"``: N CPUs to book at launch among ``cpu_set``.
@@ -164,6 +172,10 @@ class Plan:
         fields["left_alone"] = tuple(EnvChange(*item) for item in data.get("left_alone", ()))
         for key in ("pin", "cpu_set", "notes", "launch_notes"):
             fields[key] = None if data.get(key) is None else tuple(data[key])
+        # A plan stored before sharing existed (a frozen kernel's) did not share.
+        fields["share"] = data.get("share", "off")
+        if fields["share"] not in SHARE_MODES:
+            raise ValueError(f"share: expected one of {', '.join(SHARE_MODES)}, not {fields['share']!r}")
         return cls(**fields)
 
 
@@ -187,12 +199,87 @@ def resolve(
     ``inherited`` holds the thread variables of the calling environment (what
     the libraries would read without tcap); ``limits`` the build limits of the
     target interpreter's native libraries, where tcap knows them.
-    """
-    notes: list[str] = []
-    settings = _apply_flags(profile.settings, overrides, notes)
-    why: dict[str, str] = {}
 
-    # The CPU set, then how many CPUs it leaves.
+    A pipeline of stages, each a function of its inputs alone: the flags over
+    the profile, the CPUs (:func:`_cpu_stage`), the caps
+    (:func:`_caps_stage`), each variable set or left alone
+    (:func:`_variables_stage`, :func:`_followers_stage`), ``[env]`` and
+    ``--set`` (:func:`_extra_env_stage`), verification (:func:`_verify_stage`)
+    and sharing (:func:`_share_stage`).
+    """
+    flag_notes: list[str] = []
+    settings = _apply_flags(profile.settings, overrides, flag_notes)
+    cpu = _cpu_stage(settings, machine, policy)
+    caps = _caps_stage(settings, cpu, policy, limits)
+    inherited_values = _inherited_values(inherited)
+    chosen = _variables_stage(caps, cpu, machine, inherited_values)
+    chosen = _followers_stage(chosen, inherited_values, cpu.cpus)
+    extra = _extra_env_stage(_extra_settings(profile, overrides), chosen, policy, caps.openblas)
+    verify, verify_why = _verify_stage(settings)
+    share, share_why = _share_stage(settings, verify)
+    notes = [*flag_notes, *cpu.notes, *caps.notes, *extra.notes]
+    if caps.capped or extra.capped:
+        assert policy is not None
+        notes.append(f"policy {policy.origin('max_threads')} capped: {', '.join([*caps.capped, *extra.capped])}")
+    why = {"cpu_set": cpu.set_why}
+    if caps.workers_why is not None:
+        why["workers"] = caps.workers_why
+    why.update(caps.why)
+    why["verify"] = verify_why
+    why["share"] = share_why
+    return Plan(
+        profile=profile.name,
+        profile_path=profile.path,
+        description=profile.description,
+        env=extra.env,
+        left_alone=extra.left_alone,
+        pin=cpu.pin,
+        cpu_set=cpu.cpu_set,
+        cpus=cpu.cpus,
+        cpus_why=cpu.cpus_why,
+        physical=cpu.physical,
+        workers=caps.workers,
+        caps=dict(caps.caps),
+        verify=verify,
+        share=share,
+        why=why,
+        notes=tuple(notes),
+        place=cpu.place,
+        on_full=policy.on_full if policy is not None else "share",
+        wait_timeout=policy.wait_timeout if policy is not None else 600.0,
+        ranks=cpu.ranks,
+        rank_label=None if machine.ranks is None else machine.ranks.label(),
+        launch_notes=() if machine.ranks is None else machine.ranks.notes,
+    )
+
+
+class CpuStage(NamedTuple):
+    """The CPUs a launch gets: what :func:`_cpu_stage` works out."""
+
+    #: CPUs to pin to, or None to leave the affinity mask alone.
+    pin: tuple[int, ...] | None
+    #: The CPUs the program will run on (None when the OS has no mask).
+    cpu_set: tuple[int, ...] | None
+    #: ``auto:N``: N CPUs to book at launch among ``cpu_set``.
+    place: int | None
+    #: The usable CPU count, and why (the plan's ``cpus`` and ``cpus_why``).
+    cpus: int
+    cpus_why: str
+    #: Why the CPU set is what it is (the plan's ``why["cpu_set"]``).
+    set_why: str
+    #: What tcap says about the ranks of a launcher sharing this node.
+    ranks: str | None
+    #: Physical cores among the CPU set (None: unknown or booked at launch).
+    physical: int | None
+    #: The facts expressions see: ``cpus`` and ``physical``.
+    facts: dict[str, int]
+    notes: tuple[str, ...]
+
+
+def _cpu_stage(settings: Mapping[str, Setting], machine: Machine, policy: Policy | None) -> CpuStage:
+    """The CPU set (the ``cpus`` setting, auto placement, the policy's CPUs),
+    the count it leaves, each rank's share of it, and its physical cores."""
+    notes: list[str] = []
     cpu_setting = settings.get("cpus")
     place = None
     if cpu_setting is not None and parse_cpu_spec(str(cpu_setting.value))[0] == "auto":
@@ -205,7 +292,7 @@ def resolve(
             )
     else:
         pin, cpu_set = _cpu_set(cpu_setting, machine, notes)
-    why["cpu_set"] = "default: all usable CPUs" if cpu_setting is None else str(cpu_setting)
+    why = {"cpu_set": "default: all usable CPUs" if cpu_setting is None else str(cpu_setting)}
     if policy is not None:
         chosen = cpu_setting is not None and parse_cpu_spec(str(cpu_setting.value))[0] != "all"
         pin, cpu_set, place = _policy_cpus(policy, pin, cpu_set, place, chosen, why, notes)
@@ -241,17 +328,46 @@ def resolve(
     facts = {"cpus": count, "physical": min(physical, count) if physical is not None else count}
     if physical is None and any(isinstance(s.value, str) and "physical" in s.value for s in settings.values()):
         notes.append("the physical core count is unknown here; `physical` stands for the usable CPU count")
+    return CpuStage(pin, cpu_set, place, count, count_why, why["cpu_set"], ranks_text, physical, facts,
+                    tuple(notes))
+
+
+class CapsStage(NamedTuple):
+    """Every pool's cap: what :func:`_caps_stage` works out."""
+
+    workers: int | None
+    workers_why: str | None
+    #: The cap of every thread-count key (threads, blas, openmp, then each
+    #: library of the variable table), and why.
+    caps: dict[str, int]
+    why: dict[str, str]
+    #: The cap keys a flag or the profile gives (the rest are the default).
+    explicit: frozenset[str]
+    #: The lowest OpenBLAS build limit known, which every BLAS caller's cap obeys.
+    openblas: Limit | None
+    notes: tuple[str, ...]
+    #: Cap keys the policy's max_threads lowered, in order.
+    capped: tuple[str, ...]
+
+
+def _caps_stage(
+    settings: Mapping[str, Setting], cpu: CpuStage, policy: Policy | None, limits: Sequence[Limit]
+) -> CapsStage:
+    """The workers, the default cap (``cpus / workers`` or the usable CPUs),
+    the explicit caps, each lowered to an OpenBLAS build limit for the pools
+    that call into it and to the policy's max_threads."""
+    notes: list[str] = []
+    capped: list[str] = []
+    count = cpu.cpus
 
     def number(key: str) -> tuple[int, str] | None:
         setting = settings.get(key)
         if setting is None:
             return None
-        return _evaluate(setting, facts)
+        return _evaluate(setting, cpu.facts)
 
     workers_value = number("workers")
     workers = workers_value[0] if workers_value else None
-    if workers_value:
-        why["workers"] = workers_value[1]
     if workers:
         default = max(1, count // workers)
         default_why = f"default: cpus / workers = {count} / {workers} -> {default}"
@@ -261,7 +377,6 @@ def resolve(
     explicit = {key: found for key in CAP_KEYS if (found := number(key)) is not None}
 
     ceiling = policy.max_threads if policy is not None else None
-    capped: list[str] = []
     openblas_limit = min((lim for lim in limits if lim.internal_api == "openblas"), default=None,
                          key=lambda lim: lim.max_threads)
 
@@ -283,11 +398,39 @@ def resolve(
         return value, reason
 
     caps: dict[str, int] = {}
+    why: dict[str, str] = {}
     for key in ("threads", *APIS):
         caps[key], why[key] = cap((key, "threads"))
-    affinity = place if place is not None else (len(cpu_set) if cpu_set is not None else count)
-    own = _OwnChoice(affinity, machine, physical, openblas_limit)
-    inherited_values = {v.name: inherited[v.name] for v in VARIABLES if inherited and v.name in inherited}
+    for variable in VARIABLES:
+        if variable.basis != "workers" and not variable.own.startswith("follows:"):
+            caps[variable.library], why[variable.library] = cap(keys_for(variable))
+    return CapsStage(workers, None if workers_value is None else workers_value[1], caps, why,
+                     frozenset(explicit), openblas_limit, tuple(notes), tuple(capped))
+
+
+class Chosen(NamedTuple):
+    """The thread variables tcap sets (``env``) and leaves alone, and the
+    value tcap computed for each (what a policy-refused ``[env]`` keeps)."""
+
+    env: tuple[EnvChange, ...]
+    left_alone: tuple[EnvChange, ...]
+    computed: dict[str, str]
+
+
+def _inherited_values(inherited: Mapping[str, str] | None) -> dict[str, str]:
+    """The table's variables among the inherited ones."""
+    return {v.name: inherited[v.name] for v in VARIABLES if inherited and v.name in inherited}
+
+
+def _variables_stage(
+    caps: CapsStage, cpu: CpuStage, machine: Machine, inherited_values: Mapping[str, str]
+) -> Chosen:
+    """Each variable of the table (followers aside) set or left alone: left
+    alone when nothing asked for it and its library, by itself and as tcap
+    leaves the other variables, stays within its cap."""
+    count, workers = cpu.cpus, caps.workers
+    affinity = cpu.place if cpu.place is not None else (len(cpu.cpu_set) if cpu.cpu_set is not None else count)
+    own = _OwnChoice(affinity, machine, cpu.physical, caps.openblas)
     final = dict(inherited_values)  # the thread variables as the program will see them, so far
     env: list[EnvChange] = []
     left: list[EnvChange] = []
@@ -297,11 +440,10 @@ def resolve(
             continue
         if variable.basis == "workers":
             asked = workers is not None
-            value, reason = (workers, why["workers"]) if workers else (count, f"the usable CPUs ({count})")
+            value, reason = (workers, caps.workers_why or "") if workers else (count, f"the usable CPUs ({count})")
         else:
-            asked = any(key in explicit for key in keys_for(variable))
-            value, reason = cap(keys_for(variable))
-            caps[variable.library], why[variable.library] = value, reason
+            asked = any(key in caps.explicit for key in keys_for(variable))
+            value, reason = caps.caps[variable.library], caps.why[variable.library]
         computed[variable.name] = str(value)
         alone, alone_why = own.reads(variable, inherited_values, "inherited ")
         target = value if asked or alone is None else min(alone, value)
@@ -327,6 +469,14 @@ def resolve(
             text = f"{label} takes {alone} on its own ({alone_why}); set so that {changed} does not change it"
         env.append(EnvChange(variable.name, str(target), text))
         final[variable.name] = str(target)
+    return Chosen(tuple(env), tuple(left), computed)
+
+
+def _followers_stage(chosen: Chosen, inherited_values: Mapping[str, str], count: int) -> Chosen:
+    """Each follower (a variable that only sizes the pool its leader sizes,
+    as GOTO_NUM_THREADS does OPENBLAS_NUM_THREADS's) set with its leader, or
+    left alone as it is; then both lists in the table's order."""
+    env, left, computed = list(chosen.env), list(chosen.left_alone), dict(chosen.computed)
     for variable in VARIABLES:
         if not variable.own.startswith("follows:"):
             continue
@@ -341,10 +491,37 @@ def resolve(
     order = {v.name: i for i, v in enumerate(VARIABLES)}
     env.sort(key=lambda change: order[change.name])
     left.sort(key=lambda change: order[change.name])
+    return Chosen(tuple(env), tuple(left), computed)
 
+
+def _extra_settings(profile: Profile, overrides: Overrides) -> dict[str, Setting]:
+    """The profile's ``[env]`` with each ``--set`` over it."""
     extra = dict(profile.env)
     for name, text in overrides.env:
         extra[name] = Setting(text, Origin(f"flag --set {name}={text}"))
+    return extra
+
+
+class Extra(NamedTuple):
+    """The plan's variables once ``[env]`` and ``--set`` are in."""
+
+    env: tuple[EnvChange, ...]
+    left_alone: tuple[EnvChange, ...]
+    notes: tuple[str, ...]
+    #: The variables the policy's max_threads lowered or refused, in order.
+    capped: tuple[str, ...]
+
+
+def _extra_env_stage(
+    extra: Mapping[str, Setting], chosen: Chosen, policy: Policy | None, openblas: Limit | None
+) -> Extra:
+    """Each ``[env]``/``--set`` variable over what tcap chose (it is no longer
+    left alone), its thread counts held to the policy's max_threads and, for
+    a BLAS caller, to the OpenBLAS build limit; new names come last."""
+    env, left = list(chosen.env), list(chosen.left_alone)
+    notes: list[str] = []
+    capped: list[str] = []
+    ceiling = policy.max_threads if policy is not None else None
     by_name = {change.name: i for i, change in enumerate(env)}
     thread_variables = {v.name for v in VARIABLES if v.basis != "workers"}
     for name, setting in extra.items():
@@ -357,16 +534,16 @@ def resolve(
             rule = f"policy {policy.origin('max_threads')}"
             if clamped is None:
                 # Unset or unreadable: the library would use every CPU. tcap's capped value stays.
-                kept = computed.get(name) or str(ceiling)
+                kept = chosen.computed.get(name) or str(ceiling)
                 change = EnvChange(name, kept, f"{setting} refused by {rule}: kept {kept}")
                 capped.append(name)
             elif clamped != setting.value:
                 change = EnvChange(name, clamped, f"{setting}; capped to {ceiling} by {rule}")
                 capped.append(name)
-        if openblas_limit is not None and name in BLAS_CALLER_VARIABLES and change.value is not None:
-            limited = clamp_counts(change.value, openblas_limit.max_threads)
+        if openblas is not None and name in BLAS_CALLER_VARIABLES and change.value is not None:
+            limited = clamp_counts(change.value, openblas.max_threads)
             if limited is not None and limited != change.value:
-                built = f"{openblas_limit.what} is built for at most {openblas_limit.max_threads} threads"
+                built = f"{openblas.what} is built for at most {openblas.max_threads} threads"
                 change = EnvChange(name, limited, f"{change.why}; lowered: {built}")
                 notes.append(f"{setting} lowered to {limited}: {built}")
         if name in by_name:
@@ -374,38 +551,30 @@ def resolve(
         else:
             by_name[name] = len(env)
             env.append(change)
+    return Extra(tuple(env), tuple(left), tuple(notes), tuple(capped))
 
-    if capped:
-        assert policy is not None
-        notes.append(f"policy {policy.origin('max_threads')} capped: {', '.join(capped)}")
 
-    verify_setting = settings.get("verify")
-    verify = DEFAULT_VERIFY if verify_setting is None else str(verify_setting.value)
-    why["verify"] = "default" if verify_setting is None else str(verify_setting)
+def _verify_stage(settings: Mapping[str, Setting]) -> tuple[str, str]:
+    """(verify mode, why): the setting's, else DEFAULT_VERIFY."""
+    setting = settings.get("verify")
+    if setting is None:
+        return DEFAULT_VERIFY, "default"
+    return str(setting.value), str(setting)
 
-    return Plan(
-        profile=profile.name,
-        profile_path=profile.path,
-        description=profile.description,
-        env=tuple(env),
-        left_alone=tuple(left),
-        pin=pin,
-        cpu_set=cpu_set,
-        cpus=count,
-        cpus_why=count_why,
-        physical=physical,
-        workers=workers,
-        caps=caps,
-        verify=verify,
-        why=why,
-        notes=tuple(notes),
-        place=place,
-        on_full=policy.on_full if policy is not None else "share",
-        wait_timeout=policy.wait_timeout if policy is not None else 600.0,
-        ranks=ranks_text,
-        rank_label=None if machine.ranks is None else machine.ranks.label(),
-        launch_notes=() if machine.ranks is None else machine.ranks.notes,
-    )
+
+def _share_stage(settings: Mapping[str, Setting], verify: str) -> tuple[str, str]:
+    """(share mode, why): the setting's, else DEFAULT_SHARE; "off" whatever
+    is asked when verify is "off", as there is then no probe to share with."""
+    setting = settings.get("share")
+    if verify == "off":
+        if setting is None:
+            return "off", "verify is off: there is no probe to share the CPUs with"
+        if setting.value == "off":
+            return "off", str(setting)
+        return "off", f"{setting} does not apply: verify is off, so there is no probe to share the CPUs with"
+    if setting is None:
+        return DEFAULT_SHARE, "default"
+    return str(setting.value), str(setting)
 
 
 def _rank_share(
@@ -516,6 +685,8 @@ def _apply_flags(profile_settings: Mapping[str, Setting], overrides: Overrides, 
                 parse_cpu_spec(str(setting.value))
             except ValueError as error:
                 raise TcapError(f"--cpus: {error}") from None
+        if key == "share" and setting.value not in SHARE_MODES:
+            raise TcapError(f"--share must be one of {', '.join(SHARE_MODES)}, not {setting.value!r}")
         # A general flag replaces the profile's more specific keys under it.
         if key in ("threads", *APIS):
             for narrower in _narrower(key):
