@@ -39,7 +39,7 @@ MAX_ENTRIES = 64
 #: An entry is a recipe of a few dozen variables: far below this.
 MAX_ENTRY_BYTES = 256 << 10
 #: Bump when the recipe's shape changes, so older caches are never read.
-FORMAT = 5
+FORMAT = 6
 DIRNAME = f"plans-{__version__}-{FORMAT}"
 
 

@@ -14,6 +14,7 @@ PLAN_OPTIONS = {
     "--cpus": "cpus",
     "--set": "set",
     "--verify": "verify",
+    "--share": "share",
 }
 
 

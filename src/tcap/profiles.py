@@ -30,7 +30,9 @@ from tcap.search import is_path, search_path
 from tcap.variables import CAP_KEYS
 
 VERIFY_MODES = ("off", "warn", "strict", "enforce")
-TOP_KEYS = ("description", "extends", "alias", *CAP_KEYS, "workers", "cpus", "verify", "env")
+#: The ``share`` key's values (tcap.plan.DEFAULT_SHARE is the default).
+SHARE_MODES = ("busy", "off")
+TOP_KEYS = ("description", "extends", "alias", *CAP_KEYS, "workers", "cpus", "verify", "share", "env")
 #: (``\Z``, not ``$``, which also matches before a final newline.)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 #: What an alias name may be (a profile's ``alias``, or ``tcap-STEM``): a
@@ -403,6 +405,9 @@ def validate(data: Mapping[str, Any], text: str, path: str) -> None:
         elif key == "verify":
             if value not in VERIFY_MODES:
                 raise fail(f"verify: expected one of {', '.join(VERIFY_MODES)}, not {shown(value)}", key)
+        elif key == "share":
+            if value not in SHARE_MODES:
+                raise fail(f"share: expected one of {', '.join(SHARE_MODES)}, not {shown(value)}", key)
         elif key == "env":
             if not isinstance(value, dict):
                 raise fail("env: expected a table ([env])", key)

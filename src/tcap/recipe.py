@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from tcap.plan import Overrides, Plan
 
 VERIFY_MODES = ("off", "warn", "strict", "enforce")
+SHARE_MODES = ("busy", "off")
 #: The table's variables (tcap.variables, spelled out: the launch path does
 #: not import dataclasses); a test checks the two agree.
 THREAD_VARIABLES = frozenset((
@@ -62,6 +63,9 @@ def overrides_from(options: Mapping[str, Any]) -> Overrides:
     verify = options.get("verify")
     if verify is not None and verify not in VERIFY_MODES:
         raise TcapError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
+    share = options.get("share")
+    if share is not None and share not in SHARE_MODES:
+        raise TcapError(f"--share must be one of {', '.join(SHARE_MODES)}, not {share!r}")
     pairs = []
     for item in options.get("set", []):
         name, eq, value = item.partition("=")
@@ -76,6 +80,7 @@ def overrides_from(options: Mapping[str, Any]) -> Overrides:
         workers=counts["workers"],
         cpus=options.get("cpus"),
         verify=verify,
+        share=share,
         env=tuple(pairs),
     )
 

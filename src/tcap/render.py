@@ -40,6 +40,12 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
     if plan.workers is not None:
         lines.append(f"workers   {plan.workers}  ({plan.why['workers']})")
     lines.append(f"verify    {plan.verify}  ({plan.why['verify']})")
+    # A plan of an earlier tcap (a frozen kernel's) has no why for it.
+    share_why = f"  ({plan.why['share']})" if "share" in plan.why else ""
+    if plan.share == "busy":
+        lines += [f"share     {plan.share}{share_why}", f"          {share_rule(plan)}"]
+    else:
+        lines.append(f"share     {plan.share}{share_why}: {share_rule(plan)}")
     lines.append("")
     rows = sorted([*plan.env, *plan.left_alone], key=lambda change: order.get(change.name, len(order)))
     width = max(len(change.name) for change in rows)
@@ -56,8 +62,21 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
     return printable_lines(lines)
 
 
+def share_rule(plan: Plan) -> str:
+    """The rule ``plan.share`` puts in force at run time, in one line."""
+    if plan.share != "busy":
+        return "pools stay at their caps"
+    cpus = plan.cpus
+    return (
+        f"at run time the probes share the launch's {cpus} CPU{'s' if cpus != 1 else ''} among its busy processes: "
+        f"each pool gets min(its cap, {cpus} / busy processes / busy Python threads in that process), never below "
+        "1; explicit caps and --workers stay ceilings"
+    )
+
+
 def plan_json(plan: Plan, environ: Mapping[str, str]) -> str:
     data = plan.to_data()
+    data["share_rule"] = share_rule(plan)
     data["inherited_overrides"] = [
         {"name": name, "inherited": old, "value": new} for name, old, new in inherited_overrides(plan, environ)
     ]
