@@ -25,9 +25,16 @@ dies without a word stops counting once its heartbeat is ``STALE`` and the
 OS says it is gone (or a zombie).
 """
 
+from __future__ import annotations
+
 import os
 import struct
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping
+    from typing import Any
 
 RECORD = struct.Struct("<IIQdHHH2x")  # pid, parent pid, start, heartbeat, flags, share, busy threads: 32 bytes
 SLOTS = 256
@@ -40,7 +47,7 @@ IMPORTING = 20  # modules loaded during one tick: the process is still importing
 MAX_SAMPLES = 256
 BUSY_FLAG = 1
 STARTING_FLAG = 2  # a Python child at start, before its first measurement
-STARTING = 2.0  # seconds a start counts for the siblings
+STARTING = 1.0  # seconds a start counts for its siblings, unless renewed by its ticks while it imports
 #: Variables lowered at a Python child's start (before its imports) when its
 #: siblings are busy: (variable, cap key).  Numba and Polars size their pool
 #: once, at import, so this is the only time they can get their share;
@@ -49,7 +56,7 @@ START_VARIABLES = (("OMP_NUM_THREADS", "openmp"), ("OPENBLAS_NUM_THREADS", "open
                    ("NUMBA_NUM_THREADS", "numba"), ("POLARS_MAX_THREADS", "polars"))
 
 
-def settings(environ):
+def settings(environ: Mapping[str, str]) -> tuple[int, int, str] | None:
     """(cpus, root pid, directory) from TCAP_SHARE and TCAP_SHARE_LAUNCH, or None."""
     cpus = environ.get("TCAP_SHARE", "")
     root, _, directory = environ.get("TCAP_SHARE_LAUNCH", "").partition(":")
@@ -60,7 +67,7 @@ def settings(environ):
     return int(cpus), int(root), directory
 
 
-def process_start(pid):
+def process_start(pid: int) -> tuple[int, str] | None:
     """(start time in clock ticks, state letter) of ``pid`` from /proc, or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -74,7 +81,7 @@ def process_start(pid):
         return None
 
 
-def path_for(root, directory):
+def path_for(root: int, directory: str) -> str | None:
     """The launch's state file, or None when its root process is gone."""
     found = process_start(root)
     if found is None:
@@ -82,14 +89,14 @@ def path_for(root, directory):
     return os.path.join(directory, f"share-{root}-{found[0]}")
 
 
-def _private_dir(directory):
+def _private_dir(directory: str) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     info = os.lstat(directory)
     if not (info.st_mode & 0o170000 == 0o040000 and info.st_uid == os.geteuid() and not info.st_mode & 0o022):
         raise PermissionError(f"{directory}: not a private directory of this user")
 
 
-def open_table(path, create):
+def open_table(path: str, create: bool) -> int:
     """The state file's descriptor: only a regular file of this user's that
     nobody else can write, and no bigger than the table (else OSError)."""
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -118,7 +125,7 @@ def open_table(path, create):
     return fd
 
 
-def sweep(directory, keep):
+def sweep(directory: str, keep: str) -> None:
     """Remove the state files of launches whose root process is gone (a
     root killed without a word leaves its file); bounded."""
     try:
@@ -137,13 +144,13 @@ def sweep(directory, keep):
                 pass
 
 
-def read_table(fd):
+def read_table(fd: int) -> list[tuple[int, int, int, float, int, int, int]]:
     data = os.pread(fd, SIZE, 0)
     data = data[: len(data) - len(data) % RECORD.size]
     return list(RECORD.iter_unpack(data))
 
 
-def demand(tid):
+def demand(tid: int) -> float | None:
     """Seconds thread ``tid`` of this process has run or waited to run (its
     demand for a CPU, which a busy machine does not hide), from Linux's
     schedstat; None when the thread ended or the kernel keeps no schedstat."""
@@ -160,7 +167,7 @@ def demand(tid):
         os.close(fd)
 
 
-def divide(cpus, busy_pids, me):
+def divide(cpus: int, busy_pids: Iterable[int], me: int) -> tuple[int, int]:
     """``me``'s share of ``cpus`` among ``busy_pids`` (``me`` is counted
     whether or not it is in them): cpus // n, one more for the first
     cpus % n by pid, never below 1."""
@@ -170,7 +177,7 @@ def divide(cpus, busy_pids, me):
     return max(1, share), n
 
 
-def split(share, threads):
+def split(share: int, threads: int) -> int:
     """A process's share divided among its busy Python threads (>= 1)."""
     return max(1, share // max(1, threads))
 
@@ -178,14 +185,14 @@ def split(share, threads):
 class Table:
     """One process's view of its launch's table."""
 
-    def __init__(self, cpus, path, fd):
+    def __init__(self, cpus: int, path: str, fd: int) -> None:
         self.cpus = cpus
         self.path = path
         self.fd = fd
-        self.slot = None
-        self.dead = set()  # (pid, start) known gone
+        self.slot: int | None = None
+        self.dead: set[tuple[int, int]] = set()  # (pid, start) known gone
 
-    def busy_others(self, me, now, parent=None):
+    def busy_others(self, me: int, now: float, parent: int | None = None) -> list[int]:
         """The pids of the other busy processes; a sibling (same parent) that
         is starting counts too: pool workers start together, then work."""
         found = []
@@ -199,7 +206,7 @@ class Table:
             found.append(pid)
         return found
 
-    def _alive(self, pid, start):
+    def _alive(self, pid: int, start: int) -> bool:
         state = process_start(pid)
         if state is None or state[0] != start or state[1] in ("Z", "X", "x"):
             if len(self.dead) < 4096:
@@ -207,7 +214,7 @@ class Table:
             return False
         return True
 
-    def claim(self, pid, start, flags=0):
+    def claim(self, pid: int, start: int, flags: int = 0) -> int | None:
         """A slot for this process, under a lock tried for at most ~50 ms."""
         import fcntl
 
@@ -239,12 +246,13 @@ class Table:
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
-    def write(self, pid, start, busy, share, threads):
+    def write(self, pid: int, start: int, busy: bool, share: int, threads: int, starting: bool = False) -> None:
         if self.slot is not None:
-            os.pwrite(self.fd, RECORD.pack(pid, os.getppid(), start, time.monotonic(), BUSY_FLAG if busy else 0,
+            flags = (BUSY_FLAG if busy else 0) | (STARTING_FLAG if starting else 0)
+            os.pwrite(self.fd, RECORD.pack(pid, os.getppid(), start, time.monotonic(), flags,
                                            min(share, 65535), min(threads, 65535)), self.slot * RECORD.size)
 
-    def release(self):
+    def release(self) -> None:
         if self.slot is not None:
             try:
                 os.pwrite(self.fd, bytes(RECORD.size), self.slot * RECORD.size)
@@ -253,7 +261,7 @@ class Table:
             self.slot = None
 
 
-def open_launch(environ, create):
+def open_launch(environ: Mapping[str, str], create: bool) -> Table | None:
     """The launch's Table, or None (sharing off, root gone, state refused)."""
     found = settings(environ)
     if found is None:
@@ -268,13 +276,15 @@ def open_launch(environ, create):
         return None
 
 
-def lower_at_start(table, environ, caps, me):
+def lower_at_start(
+    table: Table, environ: MutableMapping[str, str], caps: Mapping[str, int], me: int,
+) -> dict[str, tuple[str, str | None]]:
     """In a child Python at interpreter start: lower the START_VARIABLES to
     its share of the CPUs its busy siblings leave.  Returns {variable:
     (value set, value before or None)}; the original values of a lowering
     done by an ancestor are kept in TCAP_SHARED so none is taken for the
     program's own choice."""
-    earlier = {}
+    earlier: dict[str, tuple[str, str | None]] = {}
     for item in environ.get("TCAP_SHARED", "").split(","):
         name, _, rest = item.partition("=")
         value, _, before = rest.partition("/")
@@ -283,7 +293,7 @@ def lower_at_start(table, environ, caps, me):
     share, _ = divide(table.cpus, table.busy_others(me, time.monotonic(), os.getppid()), me)
     done = {}
     for name, key in START_VARIABLES:
-        current = environ.get(name)
+        current: str | None = environ.get(name)
         if name in earlier and current == earlier[name][0]:
             current = earlier[name][1]  # tcap's own lowering: the value before it is the ceiling
             if current is None:
@@ -299,9 +309,8 @@ def lower_at_start(table, environ, caps, me):
         if share < ceiling:
             environ[name] = str(share)
             done[name] = (str(share), current)
-    shared = {name: value for name, value in earlier.items() if name not in done}
-    for name, (value, before) in done.items():
-        shared[name] = (value, before)
+    shared = {name: pair for name, pair in earlier.items() if name not in done}
+    shared.update(done)
     if shared:
         environ["TCAP_SHARED"] = ",".join(f"{n}={v}/{b or ''}" for n, (v, b) in shared.items())
     return done
@@ -310,30 +319,32 @@ def lower_at_start(table, environ, caps, me):
 class Sharer:
     """The sharing state of one process: what it measured, decided and set."""
 
-    def __init__(self, table, pid, start, busy=False):
+    def __init__(self, table: Table, pid: int, start: int, busy: bool = False, starting: bool = False) -> None:
         self.table = table
+        self.starting = starting  # a spawned child: starting until a tick that is not importing
         self.pid = pid
         self.start = start
-        self.last = None  # (monotonic, process CPU time, modules)
-        self.threads = {}  # native id of a Python thread -> its demand at the last tick
+        self.last: tuple[float, float, int] | None = None  # (monotonic, process CPU time, modules)
+        self.threads: dict[int, float] = {}  # native id of a Python thread -> its demand at the last tick
         self.share = table.cpus  # the process's share of the launch's CPUs
         self.per_thread = table.cpus
         self.busy_threads = 0
         self.calm = 0  # ticks in a row that measured less demand than the flags say
         self.busy = busy  # until the first measurement: a forked worker counts as busy from its start
-        self.low = self.high = None
+        self.low: int | None = None
+        self.high: int | None = None
         self.changes = 0
         self.busy_peak = 0
         self.threads_peak = 0
-        self.samples = []
+        self.samples: list[list[float]] = []
         self.every = 1  # keep every n-th change once the samples are full
         self.skipped = 0
 
-    def measure(self, modules):
+    def measure(self, modules: int) -> None:
         """The starting point of the first tick's measurement."""
         self.last = (time.monotonic(), time.process_time(), modules)
 
-    def tick(self, modules, python_threads):
+    def tick(self, modules: int, python_threads: Iterable[int]) -> int:
         """Measure, publish, decide; returns the per-thread share.
         ``python_threads``: the native ids of the program's Python threads."""
         now = time.monotonic()
@@ -349,6 +360,7 @@ class Sharer:
         elif self.last is not None:
             elapsed = now - self.last[0]
             importing = modules - self.last[2] >= IMPORTING
+            self.starting = self.starting and importing
             busy_threads = sum(1 for tid, used in seen.items()
                                if tid in self.threads and (used - self.threads[tid]) / elapsed >= BUSY)
             # Busy: a Python thread wants a CPU (running or waiting for one),
@@ -372,12 +384,12 @@ class Sharer:
         count = len(others) + (1 if self.busy else 0)
         self.busy_peak = max(self.busy_peak, count)
         self.threads_peak = max(self.threads_peak, busy_threads)
-        self.table.write(self.pid, self.start, self.busy, self.share, busy_threads)
+        self.table.write(self.pid, self.start, self.busy, self.share, busy_threads, self.starting)
         per_thread = split(self.share, busy_threads)
         self.note(per_thread, count)
         return per_thread
 
-    def note(self, per_thread, busy):
+    def note(self, per_thread: int, busy: int) -> None:
         if per_thread == self.per_thread and self.low is not None:
             return
         if self.low is not None:
@@ -393,7 +405,7 @@ class Sharer:
                 self.samples = self.samples[::2]
                 self.every *= 2
 
-    def record(self):
+    def record(self) -> dict[str, Any]:
         return {"cpus": self.table.cpus, "now": self.per_thread, "low": self.low or self.per_thread,
                 "high": self.high or self.per_thread, "changes": self.changes, "busy_peak": self.busy_peak,
                 "threads_peak": self.threads_peak, "samples": list(self.samples)}
@@ -404,14 +416,17 @@ class Pools:
     the program's: a pool the program changed is taken at its new size as
     the ceiling (tcap never raises a pool the program lowered)."""
 
-    def __init__(self, start_bases=None):
-        self.owned = {}  # key -> (ceiling, size tcap last saw or set)
+    def __init__(self, start_bases: Mapping[str, tuple[str, str | None]] | None = None) -> None:
+        self.owned: dict[Any, tuple[int, int]] = {}  # key -> (ceiling, size tcap last saw or set)
         self.start_bases = start_bases or {}  # cap key -> (value set at start, value before it)
 
-    def lowered(self):
+    def lowered(self) -> bool:
         return any(size < ceiling for ceiling, size in self.owned.values())
 
-    def adjust(self, pools, target, limits=None):
+    def adjust(
+        self, pools: Iterable[tuple[Any, str, Any, int | None, Callable[[int], Any] | None]], target: int | None,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[tuple[Any, int, int]]:
         """``pools``: (key, cap key, current size, cap or None, setter or
         None).  Sets each to min(ceiling, cap, target, limit); returns
         [(key, from, to)] for what changed."""

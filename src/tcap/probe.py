@@ -301,8 +301,11 @@ def _share_start():
         _state["share_table"] = table
         _state["share_table_pid"] = os.getpid()
         found = module.process_start(os.getpid())
-        if found is not None:
+        helper = any("multiprocessing.resource_tracker" in arg or "multiprocessing.forkserver" in arg
+                     for arg in getattr(sys, "orig_argv", ())[:4])
+        if found is not None and not helper:
             table.claim(os.getpid(), found[0], module.STARTING_FLAG)  # the siblings starting with it see it
+            _state["share_starting"] = True
         done = module.lower_at_start(table, os.environ, _state["caps"], os.getpid())
         keys = dict(module.START_VARIABLES)
         _state["share_bases"] = {keys[name]: value for name, value in done.items()}
@@ -328,9 +331,10 @@ def _share_claim(busy=False):
         found = module.process_start(os.getpid())
         if found is None or table.claim(os.getpid(), found[0]) is None:
             return
-        sharer = _state["sharer"] = module.Sharer(table, os.getpid(), found[0], busy)
+        sharer = _state["sharer"] = module.Sharer(table, os.getpid(), found[0], busy,
+                                                   bool(_state.pop("share_starting", False)))
         sharer.measure(len(sys.modules))
-        table.write(os.getpid(), found[0], busy, table.cpus, 0)
+        table.write(os.getpid(), found[0], busy, table.cpus, 0, sharer.starting)
         if "share_pools" not in _state:
             _state["share_pools"] = module.Pools(_state.get("share_bases"))
     except Exception:
@@ -613,11 +617,34 @@ def _libraries(pools, caps):
             continue
         text = hazard["what"]
         path = hazard.get("filepath")
-        if hazard.get("cap") == "openmp" and path in _state.get("fresh", ()):
-            text += f"; tcap's next launches of {sys.executable} cap openmp at {facts[path]['max_threads']}"
+        if hazard.get("cap") == "openmp" and isinstance(facts.get(path, {}).get("max_threads"), int):
+            limit = facts[path]["max_threads"]
+            _build_limit(limit)
+            text += f"; lowered to {limit} in this process"
+            hazard["what"] = text
+            if path in _state.get("fresh", ()):
+                text += f", and tcap's next launches of {sys.executable} cap openmp at {limit}"
         sys.stderr.write(f"tcap: warning: {_who()}: {text}"
                          + (f" [profile {profile}]" if profile else "") + "\n")
         sys.stderr.flush()
+
+
+def _build_limit(limit):
+    """An OpenBLAS build limit learned in this process (the first launch of
+    an interpreter, before tcap recorded it): OpenMP teams that call it are
+    kept within it at once - the variable for runtimes and children not yet
+    started, the loaded runtimes on the main thread."""
+    limits = _state.setdefault("limits", {})
+    if limits.get("openmp") is not None and limits["openmp"] <= limit:
+        return
+    limits["openmp"] = limit
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if not first.isdigit() or int(first) > limit:
+        os.environ["OMP_NUM_THREADS"] = str(limit)
+    if "share_pools" not in _state:
+        _state["share_pools"] = _share_module().Pools()
+    sharer = _state.get("sharer")
+    _on_main(("limit",), lambda: _adjust(sharer.per_thread if sharer is not None else None))
 
 
 def _count_threads(info):
@@ -832,6 +859,15 @@ def _magic(line=""):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"tcap: profile {profile}, verify {mode}, {os_threads()} OS threads, "
              f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} CPUs in affinity"]
+    sharer = _state.get("sharer")
+    if sharer is not None:
+        busy = len(sharer.table.busy_others(sharer.pid, time.monotonic(), os.getppid())) + 1
+        lines.append(f"sharing: each pool at most {sharer.per_thread} thread(s): this process's share is "
+                     f"{sharer.share} of the launch's {sharer.table.cpus} CPUs ({busy} busy process(es) counting "
+                     f"this one, {sharer.busy_threads} busy Python thread(s)); lowest {sharer.low or sharer.per_thread}"
+                     f", highest {sharer.high or sharer.per_thread}, {sharer.changes} change(s)")
+    elif os.environ.get("TCAP_SHARE"):
+        lines.append("sharing: on, not yet joined (it starts with the first numeric import)")
     if len(rows) == 1:
         lines.append("no native thread pools loaded (threadpoolctl sees none yet)")
     else:
