@@ -24,13 +24,17 @@ from tcap.supervise import (
     MAX_SECONDS,
     SAMPLE_COLUMNS,
     SAMPLES_ENCODING,
+    SHARE_MODES,
+    SHARE_SAMPLES_REPORTED,
     STATUSES,
     Budget,
     _enforced,
     _hazards,
+    _share,
     _violation,
     budget_text,
     findings,
+    share_line,
     summarize,
     table,
 )
@@ -51,14 +55,15 @@ _NAMED_WRONG = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EL
 
 class Report:
     """One ``--report-json`` file as ``tcap report`` merges it: its fields
-    checked, its budget samples compact (:class:`Samples`)."""
+    checked, its budget samples compact (:class:`Samples`), its sharing
+    (``launch.share``; None in a report of an earlier tcap)."""
 
-    __slots__ = ("path", "host", "rank", "node_cpus", "processes", "samples")
+    __slots__ = ("path", "host", "rank", "node_cpus", "processes", "samples", "share")
 
     def __init__(self, path: str, host: str, rank: str | None, node_cpus: int | None,
-                 processes: list[dict[str, Any]], samples: Samples) -> None:
+                 processes: list[dict[str, Any]], samples: Samples, share: dict[str, Any] | None = None) -> None:
         self.path, self.host, self.rank, self.node_cpus = path, host, rank, node_cpus
-        self.processes, self.samples = processes, samples
+        self.processes, self.samples, self.share = processes, samples, share
 
 
 def read_report(path: str) -> Report:
@@ -103,7 +108,23 @@ def _report(path: str, data: Any) -> Report:
         fields.integer(fields.get(launch, "node_cpus", "launch."), "launch.node_cpus", 1, MAX_COUNT, null=True),
         processes,
         _samples(fields.get(launch, "budget_samples", "launch."), "launch.budget_samples"),
+        _launch_share(launch.get("share"), "launch.share"),
     )
+
+
+def _launch_share(value: Any, where: str) -> dict[str, Any] | None:
+    """``launch.share`` of a report: null or missing (an earlier tcap), or
+    the mode, the CPUs shared and the most busy processes at once."""
+    if value is None:
+        return None
+    share = fields.obj(value, where)
+    at = f"{where}."
+    mode = fields.text(fields.get(share, "mode", at), at + "mode")
+    if mode not in SHARE_MODES:
+        raise fields.Bad(f"{at}mode: expected one of {', '.join(SHARE_MODES)}")
+    return {"mode": mode,
+            "cpus": fields.integer(fields.get(share, "cpus", at), at + "cpus", 1, MAX_COUNT, null=True),
+            "busy_peak": fields.integer(fields.get(share, "busy_peak", at), at + "busy_peak", null=True)}
 
 
 def _report_process(value: Any, where: str) -> dict[str, Any]:
@@ -132,6 +153,7 @@ def _report_process(value: Any, where: str) -> dict[str, Any]:
         "unexplained_threads": fields.integer(field("unexplained_threads"), at + "unexplained_threads", null=True),
         "hazards": _hazards(field("hazards"), at + "hazards"),
         "cpu_seconds": fields.number(field("cpu_seconds"), at + "cpu_seconds", 0, MAX_SECONDS, null=True),
+        "share": _share(process.get("share"), at + "share", SHARE_SAMPLES_REPORTED),  # missing: an earlier tcap
     }
 
 
@@ -330,9 +352,12 @@ def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
         if budget["cpus"]:
             state = "VIOLATION" if budget["violated"] else "ok"
             lines.append(f"launch budget of {printable(host)}: {budget_text(budget)} ({state})\n")
+        share = merged_share(launches)
+        if share is not None:
+            lines.append(f"sharing of {printable(host)}: {share_line(share).partition(': ')[2]}\n")
         everything += processes
         out_nodes.append({"host": host, "reports": [item.path for item in launches], "processes": processes,
-                          "budget": budget})
+                          "budget": budget, "share": share})
     summary = summarize(everything, None, 0)
     over = [host for host, budget in budgets if budget["violated"]]
     verdict = summary["verdict"]
@@ -345,6 +370,23 @@ def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
     data = {"nodes": out_nodes, "verdict": verdict, "violations": summary["violations"],
             "hazards": summary["hazards"], "over_budget": over, "totals": summary["totals"]}
     return "".join(lines), data
+
+
+def merged_share(launches: Sequence[Report]) -> dict[str, Any] | None:
+    """The sharing of the launches of one node: their mode ("mixed" when
+    they differ), the most CPUs one shared, the most busy processes one of
+    them saw at once, and how many launches had each mode; None when no
+    report says (earlier tcaps)."""
+    shares = [item.share for item in launches if item.share is not None]
+    if not shares:
+        return None
+    modes: dict[str, int] = {}
+    for share in shares:
+        modes[share["mode"]] = modes.get(share["mode"], 0) + 1
+    counts = [share["cpus"] for share in shares if share["cpus"] is not None]
+    peaks = [share["busy_peak"] for share in shares if share["busy_peak"] is not None]
+    return {"mode": next(iter(modes)) if len(modes) == 1 else "mixed", "cpus": max(counts, default=None),
+            "busy_peak": max(peaks, default=None), "launches": dict(sorted(modes.items()))}
 
 
 class Samples:

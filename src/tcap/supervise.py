@@ -105,6 +105,7 @@ def supervise(
         import shutil
 
         shutil.rmtree(report_dir, ignore_errors=True)  # never follows symlinks
+        _remove_share_table(env)
     processes = merge(records, sampler.processes, first=sampler.root)
     summary = summarize(processes, sampler.peak_total, code, sampler.budget.result())
     violated = bool(summary["violations"]) or summary["budget"]["violated"]
@@ -112,6 +113,7 @@ def supervise(
     result = EXIT_VIOLATION if strict and violated and code == 0 else code
     summary["exit_code"] = result
     summary["launch"] = launch_facts(recipe, ranks, host, cpus, sampler.budget.samples)
+    summary["launch"]["share"] = launch_share(*recipe_share(recipe), processes)
     if report:
         sys.stderr.write(table(processes) + findings(summary))
     if report or (strict and violated):
@@ -127,6 +129,22 @@ def supervise(
             if result == 0:
                 result = EXIT_IO
     return result
+
+
+def _remove_share_table(env: Mapping[str, str]) -> None:
+    """The launch's share table (tcap._share), named after this supervisor:
+    the launch has ended."""
+    if not env.get("TCAP_SHARE_LAUNCH"):
+        return
+    from tcap import _share
+
+    found = _share.settings(env)
+    path = None if found is None else _share.path_for(found[1], found[2])
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def launch_facts(
@@ -611,6 +629,7 @@ def _record(data: Any) -> dict[str, Any]:
                        enumerate(violations)],
         "enforced": _enforced(record.get("enforced"), "enforced"),
         "hazards": _hazards(record.get("hazards"), "hazards"),
+        "share": _share(record.get("share"), "share", SHARE_SAMPLES_KEPT),
     }
 
 
@@ -657,6 +676,108 @@ def _hazards(value: Any, where: str) -> list[dict[str, Any]]:
         hazard = fields.obj(item, f"{where}[{index}]")
         out.append({key: fields.text(hazard.get(key), f"{where}[{index}].{key}") for key in ("kind", "what")})
     return out
+
+
+#: The counts of a probe record's ``share`` (null when sharing is off), each
+#: with its lowest value: the CPUs shared, the per-thread share now, its
+#: lowest and highest over the run, how often it changed, the most busy
+#: processes of the launch and busy Python threads of the process seen.
+SHARE_COUNTS = (("cpus", 1), ("now", 0), ("low", 0), ("high", 0), ("changes", 0), ("busy_peak", 0),
+                ("threads_peak", 0))
+#: The samples [time, share, busy processes] a probe record holds at most,
+#: and the fewest of them a report keeps of each process (thinned: :func:`thin`).
+SHARE_SAMPLES_KEPT = 256
+SHARE_SAMPLES_REPORTED = 32
+#: What ``share`` of a plan can be (launch.share.mode of a report).
+SHARE_MODES = ("busy", "off")
+
+
+def _share(value: Any, where: str, most: int) -> dict[str, Any] | None:
+    """The ``share`` of a probe record or of a report's process: null (off,
+    or a record of an earlier tcap), or its counts and at most ``most``
+    samples [seconds, share, busy processes]."""
+    if value is None:
+        return None
+    share = fields.obj(value, where)
+    at = f"{where}."
+    out = {key: fields.integer(fields.get(share, key, at), at + key, low) for key, low in SHARE_COUNTS}
+    samples = fields.items(fields.get(share, "samples", at), at + "samples")
+    if len(samples) > most:
+        raise fields.Bad(f"{at}samples: {len(samples)} samples, more than the {most} tcap writes")
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, list) or len(sample) != 3:
+            raise fields.Bad(f"{at}samples[{index}]: expected [seconds, share, busy processes]")
+        fields.number(sample[0], f"{at}samples[{index}][0]", 0, MAX_SECONDS)
+        fields.integer(sample[1], f"{at}samples[{index}][1]")
+        fields.integer(sample[2], f"{at}samples[{index}][2]")
+    out["samples"] = [list(sample) for sample in samples]
+    return out
+
+
+def thin(samples: Sequence[Any], most: int) -> list[Any]:
+    """At most ``most`` of ``samples``, evenly spaced, the first and the last kept."""
+    if len(samples) <= most:
+        return list(samples)
+    if most < 2:
+        return list(samples[-most:]) if most else []
+    last = len(samples) - 1
+    return [samples[(index * last) // (most - 1)] for index in range(most)]
+
+
+def share_text(share: Mapping[str, Any] | None) -> str:
+    """The SHARE cell: "1-2 (3x)", the lowest and highest per-thread share
+    and how often it changed; "2" when it never did; "-" when off."""
+    if share is None:
+        return "-"
+    text = str(share["low"]) if share["low"] == share["high"] else f"{share['low']}-{share['high']}"
+    return text + (f" ({share['changes']}x)" if share["changes"] else "")
+
+
+def launch_share(mode: str | None, cpus: int | None, processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The launch's sharing for a report: its mode (the plan's), the CPUs
+    shared (the plan's; else the records'), and the most busy processes of
+    the launch any of its probes saw at once (null: none saw any)."""
+    shares = [process["share"] for process in processes if process.get("share")]
+    if mode == "off":
+        return {"mode": "off", "cpus": None, "busy_peak": None}
+    return {"mode": mode or ("busy" if shares else "off"),
+            "cpus": cpus or max((share["cpus"] for share in shares), default=None),
+            "busy_peak": max((share["busy_peak"] for share in shares), default=None)}
+
+
+def recipe_share(recipe: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """The plan's sharing mode and CPUs: the recipe's ``share`` where it has
+    one, and ``TCAP_SHARE=<cpus>`` among the probe's variables (exported
+    when sharing is on)."""
+    value = None
+    for item in recipe.get("env") or ():
+        if isinstance(item, (list, tuple)) and len(item) == 2 and item[0] == "TCAP_SHARE":
+            value = item[1]
+    cpus = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() and value != "0" else None
+    mode = recipe.get("share")
+    if recipe.get("verify") == "off":
+        return "off", None
+    if not isinstance(mode, str):
+        mode = "busy" if cpus else None
+    return mode, cpus if mode != "off" else None
+
+
+def share_line(share: Mapping[str, Any]) -> str:
+    """"sharing: busy, 2 CPUs; up to 3 busy processes at once" (the
+    launches of a node in several modes: "busy in 2 launches, off in 1")."""
+    mode = share["mode"]
+    if mode == "off":
+        return "sharing: off"
+    if mode == "mixed":
+        (first, count), *rest = share["launches"].items()
+        mode = ", ".join([f"{first} in {count} launch{'es' if count != 1 else ''}",
+                          *(f"{name} in {number}" for name, number in rest)])
+    cpus = f", {share['cpus']} CPUs" if share["cpus"] else ""
+    peak = share["busy_peak"]
+    if not peak:
+        return f"sharing: {mode}{cpus}; no busy process seen"
+    noun = "process" if peak == 1 else "processes"
+    return f"sharing: {mode}{cpus}; up to {peak} busy {noun} at once"
 
 
 def _short(argv: Sequence[str]) -> str:
@@ -710,9 +831,17 @@ def merge(
                 "unexplained_threads": (record or {}).get("peak_unexplained_threads"),
                 "hazards": list((record or {}).get("hazards", ())),
                 "cpu_seconds": (seen or {}).get("cpu_seconds"),
+                "share": _reported_share((record or {}).get("share")),
             }
         )
     return processes
+
+
+def _reported_share(share: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A record's share as a report holds it: its samples thinned to SHARE_SAMPLES_REPORTED."""
+    if share is None:
+        return None
+    return {**share, "samples": thin(share["samples"], SHARE_SAMPLES_REPORTED)}
 
 
 def summarize(
@@ -781,14 +910,17 @@ def budget_text(budget: Mapping[str, Any]) -> str:
 
 
 def findings(summary: Mapping[str, Any], prefix: str = "tcap: ") -> str:
-    """The lines after the table: the launch budget, hazards and notes
-    (each after ``prefix``: ``tcap:`` on stderr, nothing on stdout)."""
+    """The lines after the table: the launch budget, the sharing, hazards
+    and notes (each after ``prefix``: ``tcap:`` on stderr, nothing on stdout)."""
     budget = summary["budget"]
     lines = []
     if budget["cpus"]:
         state = "VIOLATION" if budget["violated"] else "ok"
         lines.append(f"launch budget: {budget_text(budget)} ({state}; the rule: above the CPUs for longer than "
                      f"{budget['grace_seconds']:g} s)")
+    share = (summary.get("launch") or {}).get("share")
+    if share:
+        lines.append(share_line(share))
     for hazard in summary["hazards"]:
         pids = ", ".join(str(pid) for pid in hazard["pids"][:4]) + (", ..." if len(hazard["pids"]) > 4 else "")
         lines.append(f"{hazard['kind']}: {hazard['what']} (pid {pids})")
@@ -798,9 +930,11 @@ def findings(summary: Mapping[str, Any], prefix: str = "tcap: ") -> str:
 def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str:
     """The per-process table, each line after ``prefix`` (``tcap:`` on
     stderr, nothing on stdout); OTHER: the native threads no known pool and
-    no Python thread accounts for. Every cell printable (:func:`_printable`)."""
+    no Python thread accounts for; SHARE: the per-thread CPU share its probe
+    applied (:func:`share_text`). Every cell printable (:func:`_printable`)."""
     ranked = any(process.get("rank") for process in processes)
-    rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "OS THREADS", "OTHER", "CPU s", "STATUS")]
+    rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "SHARE", "OS THREADS", "OTHER", "CPU s",
+                                    "STATUS")]
     for process in processes:
         command = printable(" ".join(str(process["command"]).split()))  # one line, whatever the argv holds
         if len(command) > COMMAND_WIDTH:
@@ -818,6 +952,7 @@ def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str
                 str(process["pid"]),
                 command,
                 pools or "-",
+                share_text(process.get("share")),
                 "?" if threads is None else str(threads),
                 "-" if process.get("unexplained_threads") is None else str(process["unexplained_threads"]),
                 "?" if cpu is None else f"{cpu:.2f}",
