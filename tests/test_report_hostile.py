@@ -66,6 +66,7 @@ def real_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((iso.work / "r.json").read_text())
     assert data["processes"][0]["pools"] and data["processes"][0]["violations"] and data["processes"][0]["enforced"]
     assert len(unpacked(data["launch"]["budget_samples"])) >= 2
+    assert data["processes"][0]["share"]["samples"] and data["launch"]["share"]["mode"] == "busy", data
     data["processes"][0]["hazards"].append(dict(HAZARD))
     data["hazards"].append({**HAZARD, "pids": [data["processes"][0]["pid"]]})
     return data
@@ -715,7 +716,7 @@ def test_every_field_of_a_real_probe_record_damaged_is_taken_or_skipped(iso: Iso
     result = iso.run("run", "--threads", "1", "--report", "--", PYTHON, "-c", copy_out, timeout=120)
     assert result.returncode == 0, result.stderr
     record = json.loads((iso.work / "record.json").read_text())
-    assert record["pools"] and record["pid"]
+    assert record["pools"] and record["pid"] and record["share"]["samples"], record
     record["hazards"].append(dict(HAZARD))
     record["violations"].append({"internal_api": "openblas", "user_api": "blas", "filepath": None, "threads": 2,
                                  "cap": 1, "at": 1.5, "reason": "check"})

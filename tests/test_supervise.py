@@ -178,7 +178,7 @@ def test_isolated_grandchild_is_listed_as_unverified(sv: Isolated) -> None:
     rows = table_rows(result.stderr)
     assert rows[main].endswith(" ok"), result.stderr
     assert rows[grandchild].endswith("unverified") and "-I -c" in rows[grandchild], rows[grandchild]
-    assert re.search(r"\(no probe\)\s+\d+\s", rows[grandchild]), rows[grandchild]  # its OS threads
+    assert re.search(r"\(no probe\)\s+-\s+\d+\s", rows[grandchild]), rows[grandchild]  # no share; its OS threads
     assert verdict(result.stderr) == (
         "tcap: verdict: all pools within caps (2 processes, 1 verified, 1 unverified)"
     )
