@@ -55,6 +55,8 @@ plan options:
                      MPI or torchrun share)
   --set VAR=VALUE    also set VAR (repeatable)
   --verify MODE      off | warn | strict | enforce
+  --share MODE       busy (default): the probes share the CPUs among the
+                     processes busy at run time | off: pools stay at their caps
 N may be an expression over cpus and physical, e.g. 'cpus/2' or 'max(1,cpus-2)'.
 
 run options:
