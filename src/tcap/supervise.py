@@ -685,7 +685,7 @@ def _hazards(value: Any, where: str) -> list[dict[str, Any]]:
 SHARE_COUNTS = (("cpus", 1), ("now", 0), ("low", 0), ("high", 0), ("changes", 0), ("busy_peak", 0),
                 ("threads_peak", 0))
 #: The samples [time, share, busy processes] a probe record holds at most,
-#: and the fewest of them a report keeps of each process (thinned: :func:`thin`).
+#: and the most a report keeps of each process (thinned: :func:`thin`).
 SHARE_SAMPLES_KEPT = 256
 SHARE_SAMPLES_REPORTED = 32
 #: What ``share`` of a plan can be (launch.share.mode of a report).
