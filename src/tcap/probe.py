@@ -216,6 +216,8 @@ def _start_timer():
             if time.monotonic() >= due:
                 check("timer")
                 due = time.monotonic() + (delays.pop(0) if delays else LAST)
+            elif _state.pop("recheck", False):
+                check("share")
 
     # threading must be imported here, on the thread that saw the numeric
     # import (the main one, unless the program itself already uses threads):
@@ -226,6 +228,8 @@ def _start_timer():
     thread = threading.Thread(target=loop, name="tcap-probe", daemon=True)
     _state["timer"] = thread
     thread.start()
+    if _state.get("sharer") is not None:
+        _install_wake()
 
 
 def _after_fork():
@@ -370,7 +374,7 @@ def _share_tick(on_main=False):
     if on_main:
         _adjust(target)
     else:
-        _on_main(("share",), lambda: _adjust(_state["applied"][0]))
+        _nudge(lambda: _adjust(_state["applied"][0]))
 
 
 def _adjust(target):
@@ -395,7 +399,56 @@ def _adjust(target):
             module, limit = pool["_module"], pool["_limit"]
             pools.append(((pool["filepath"], pool["internal_api"]), pool["user_api"], pool["num_threads"],
                           caps.get(pool["user_api"]), lambda n, m=module, f=limit: f(m, n)))
-    _state["share_pools"].adjust(pools, target, _state.get("limits"))
+    if _state["share_pools"].adjust(pools, target, _state.get("limits")) and _state.get("report_dir"):
+        _state["recheck"] = True  # the record shows the pools as tcap left them, at the next tick
+
+
+def _install_wake():
+    """On the main thread, when the program left SIGWINCH alone: a handler
+    that does nothing but run tcap's pending work, so a main thread waiting
+    for its Python threads (a ThreadPool's map) can still resize the BLAS
+    pools they call.  tcap sends it only to a main thread blocked in a lock
+    wait of threading's (which Python resumes after the handler); a terminal
+    resize now interrupts the main thread's system calls as it does in any
+    program with a SIGWINCH handler (Python retries its own, PEP 475)."""
+    try:
+        if _thread.get_ident() != _state.get("main"):
+            return
+        import signal
+
+        if signal.getsignal(signal.SIGWINCH) != signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGWINCH, _wake)
+        _state["wake"] = signal
+    except Exception:
+        _debug("installing the wake-up handler")
+
+
+def _wake(signum, frame):
+    work = _state.pop("main_work", None)
+    if work is not None:
+        try:
+            work()
+        except Exception:
+            _debug("work on the main thread")
+
+
+def _nudge(work):
+    """``work`` for the main thread, through a pending call (at its next
+    bytecode) and, when it is blocked waiting on a lock in threading (its
+    innermost frame is there), a SIGWINCH to wake it."""
+    _state["main_work"] = work
+
+    def pending():
+        _wake(None, None)
+
+    _on_main(("share",), pending)
+    signal = _state.get("wake")
+    if signal is None or signal.getsignal(signal.SIGWINCH) is not _wake:
+        return
+    frame = sys._current_frames().get(_state.get("main"))
+    if frame is not None and frame.f_code.co_filename.endswith("threading.py"):
+        signal.pthread_kill(_state["main"], signal.SIGWINCH)
 
 
 def _share_stop():
@@ -644,7 +697,7 @@ def _build_limit(limit):
     if "share_pools" not in _state:
         _state["share_pools"] = _share_module().Pools()
     sharer = _state.get("sharer")
-    _on_main(("limit",), lambda: _adjust(sharer.per_thread if sharer is not None else None))
+    _nudge(lambda: _adjust(sharer.per_thread if sharer is not None else None))
 
 
 def _count_threads(info):
