@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, MutableMapping
     from typing import Any
 
-RECORD = struct.Struct("<IIQdHHH2x")  # pid, parent pid, start, heartbeat, flags, share, busy threads: 32 bytes
+#: pid, parent pid, start, heartbeat, flags, share, busy threads: 32 bytes, in
+#: the machine's byte order (every reader is on this machine), each field at
+#: an offset that is a multiple of its size, so a table reads as columns.
+RECORD = struct.Struct("=IIQdHHH2x")
 SLOTS = 256
 SIZE = RECORD.size * SLOTS
 TICK = 0.25  # seconds between two looks at the table
@@ -150,10 +153,9 @@ def read_table(fd: int) -> list[tuple[int, int, int, float, int, int, int]]:
     return list(RECORD.iter_unpack(data))
 
 
-def demand(tid: int) -> float | None:
-    """Seconds thread ``tid`` of this process has run or waited to run (its
-    demand for a CPU, which a busy machine does not hide), from Linux's
-    schedstat; None when the thread ended or the kernel keeps no schedstat."""
+def _schedstat(tid: int) -> float | None:
+    """Seconds thread ``tid`` of this process has run or waited to run, from
+    Linux's schedstat; None when the thread ended or there is no schedstat."""
     try:
         fd = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
     except OSError:
@@ -167,14 +169,38 @@ def demand(tid: int) -> float | None:
         os.close(fd)
 
 
+def thread_busy(
+    ident: int, tid: int, elapsed: float, before: tuple[float, float | None] | None,
+) -> tuple[bool, tuple[float, float | None]] | None:
+    """Whether a Python thread (ident, native id) wanted a CPU for at least
+    BUSY of the last ``elapsed`` seconds, and its counters for the next
+    time; None when it ended.  Its CPU clock decides when clear (busy, or
+    near idle); in between, where a busy machine may be keeping it waiting,
+    its run and wait times from schedstat (read only then)."""
+    try:
+        clock = time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, OverflowError, ValueError, AttributeError):
+        return None
+    if before is None:
+        return False, (clock, None)
+    run = (clock - before[0]) / elapsed
+    if run >= BUSY or run < 0.02:
+        return run >= BUSY, (clock, None)
+    wanted = _schedstat(tid)
+    if wanted is None or before[1] is None:
+        return True, (clock, wanted)  # no baseline yet: busy for one tick rather than a share too big
+    return (wanted - before[1]) / elapsed >= BUSY, (clock, wanted)
+
+
 def divide(cpus: int, busy_pids: Iterable[int], me: int) -> tuple[int, int]:
     """``me``'s share of ``cpus`` among ``busy_pids`` (``me`` is counted
     whether or not it is in them): cpus // n, one more for the first
     cpus % n by pid, never below 1."""
-    pids = sorted(set(busy_pids) | {me})
-    n = len(pids)
-    share = cpus // n + (1 if pids.index(me) < cpus % n else 0)
-    return max(1, share), n
+    others = set(busy_pids)
+    others.discard(me)
+    n = len(others) + 1
+    rank = sum(1 for pid in others if pid < me)
+    return max(1, cpus // n + (1 if rank < cpus % n else 0)), n
 
 
 def split(share: int, threads: int) -> int:
@@ -195,16 +221,18 @@ class Table:
     def busy_others(self, me: int, now: float, parent: int | None = None) -> list[int]:
         """The pids of the other busy processes; a sibling (same parent) that
         is starting counts too: pool workers start together, then work."""
-        found = []
-        for pid, ppid, start, beat, flags, _, _ in read_table(self.fd):
-            if pid == 0 or pid == me or (pid, start) in self.dead:
-                continue
-            if not flags & BUSY_FLAG and not (flags & STARTING_FLAG and ppid == parent and now - beat < STARTING):
-                continue
-            if now - beat > STALE and not self._alive(pid, start):
-                continue
-            found.append(pid)
-        return found
+        data = os.pread(self.fd, SIZE, 0)
+        view = memoryview(data[: len(data) - len(data) % RECORD.size])
+        flags = view.cast("H")[12::16].tolist()
+        if not any(flags):
+            return []
+        words = view.cast("I")
+        return [pid for pid, ppid, start, beat, flag in zip(
+                    words[0::8].tolist(), words[1::8].tolist(), view.cast("Q")[1::4].tolist(),
+                    view.cast("d")[2::4].tolist(), flags)
+                if flag and pid != me and pid
+                and (flag & BUSY_FLAG or (flag & STARTING_FLAG and ppid == parent and now - beat < STARTING))
+                and (now - beat <= STALE or ((pid, start) not in self.dead and self._alive(pid, start)))]
 
     def _alive(self, pid: int, start: int) -> bool:
         state = process_start(pid)
@@ -325,7 +353,7 @@ class Sharer:
         self.pid = pid
         self.start = start
         self.last: tuple[float, float, int] | None = None  # (monotonic, process CPU time, modules)
-        self.threads: dict[int, float] = {}  # native id of a Python thread -> its demand at the last tick
+        self.threads: dict[int, tuple[float, float | None]] = {}  # native id -> counters (thread_busy)
         self.share = table.cpus  # the process's share of the launch's CPUs
         self.per_thread = table.cpus
         self.busy_threads = 0
@@ -344,48 +372,50 @@ class Sharer:
         """The starting point of the first tick's measurement."""
         self.last = (time.monotonic(), time.process_time(), modules)
 
-    def tick(self, modules: int, python_threads: Iterable[int]) -> int:
-        """Measure, publish, decide; returns the per-thread share.
-        ``python_threads``: the native ids of the program's Python threads."""
-        now = time.monotonic()
+    def measure_threads(self, now: float, modules: int, python_threads: Iterable[tuple[int, int]]) -> None:
         cpu = time.process_time()
+        last = self.last
+        elapsed = now - last[0] if last is not None else 1.0
         busy_threads = 0
-        seen = {}
-        for tid in list(python_threads)[:256]:
-            used = demand(tid)
-            if used is not None:
-                seen[tid] = used
-        if self.last is not None and now - self.last[0] < 0.05:
-            seen, busy_threads = self.threads, self.busy_threads  # too soon to measure (a fork's first look)
-        elif self.last is not None:
-            elapsed = now - self.last[0]
-            importing = modules - self.last[2] >= IMPORTING
-            self.starting = self.starting and importing
-            busy_threads = sum(1 for tid, used in seen.items()
-                               if tid in self.threads and (used - self.threads[tid]) / elapsed >= BUSY)
-            # Busy: a Python thread wants a CPU (running or waiting for one),
-            # or the native pools run without one of them (Polars, a C pool).
-            busy = not importing and (busy_threads > 0 or (cpu - self.last[1]) / elapsed >= BUSY)
-            # Busy at once, idle only after HOLD idle ticks in a row (and
-            # fewer busy threads likewise): a task's gap does not hand the
-            # CPUs around, nor does a forked worker's wait for its first task.
-            self.calm = self.calm + 1 if (self.busy and not busy) or busy_threads < self.busy_threads else 0
-            if not busy and self.busy and self.calm < HOLD:
-                busy = True
-            if busy_threads < self.busy_threads and self.calm < HOLD:
-                busy_threads = self.busy_threads
-            self.busy = busy
-        if seen is not self.threads:
-            self.threads = seen
-            self.last = (now, cpu, modules)
+        seen: dict[int, tuple[float, float | None]] = {}
+        for ident, tid in list(python_threads)[:256]:
+            found = thread_busy(ident, tid, elapsed, self.threads.get(tid) if last is not None else None)
+            if found is not None:
+                busy_threads += found[0]
+                seen[tid] = found[1]
+        self.threads = seen
+        self.last = (now, cpu, modules)
+        if last is None:
+            return
+        importing = modules - last[2] >= IMPORTING
+        self.starting = self.starting and importing
+        # Busy: a Python thread wants a CPU (running or waiting for one), or
+        # the native pools run without one of them (Polars, a C pool).
+        busy = not importing and (busy_threads > 0 or (cpu - last[1]) / elapsed >= BUSY)
+        # Busy at once, idle only after HOLD idle ticks in a row (and fewer
+        # busy threads likewise): a task's gap does not hand the CPUs around,
+        # nor does a forked worker's wait for its first task.
+        self.calm = self.calm + 1 if (self.busy and not busy) or busy_threads < self.busy_threads else 0
+        if not busy and self.busy and self.calm < HOLD:
+            busy = True
+        if busy_threads < self.busy_threads and self.calm < HOLD:
+            busy_threads = self.busy_threads
+        self.busy = busy
         self.busy_threads = busy_threads
+
+    def tick(self, modules: int, python_threads: Iterable[tuple[int, int]]) -> int:
+        """Measure, publish, decide; returns the per-thread share.
+        ``python_threads``: (ident, native id) of the program's Python threads."""
+        now = time.monotonic()
+        if self.last is None or now - self.last[0] >= 0.05:  # else too soon to measure (a fork's first look)
+            self.measure_threads(now, modules, python_threads)
         others = self.table.busy_others(self.pid, now, os.getppid())
         self.share, n = divide(self.table.cpus, others, self.pid)
         count = len(others) + (1 if self.busy else 0)
         self.busy_peak = max(self.busy_peak, count)
-        self.threads_peak = max(self.threads_peak, busy_threads)
-        self.table.write(self.pid, self.start, self.busy, self.share, busy_threads, self.starting)
-        per_thread = split(self.share, busy_threads)
+        self.threads_peak = max(self.threads_peak, self.busy_threads)
+        self.table.write(self.pid, self.start, self.busy, self.share, self.busy_threads, self.starting)
+        per_thread = split(self.share, self.busy_threads)
         self.note(per_thread, count)
         return per_thread
 

@@ -353,10 +353,10 @@ def _share_tick(on_main=False):
 
         timer = _state.get("timer")
         ours = timer.ident if timer else None
-        threads = [thread.native_id for ident, thread in list(threading._active.items())
+        threads = [(ident, thread.native_id) for ident, thread in list(threading._active.items())
                    if ident != ours and getattr(thread, "native_id", None)]
         if not threads:  # a forked child before threading's own fork handler ran
-            threads = [threading.get_native_id()]
+            threads = [(_thread.get_ident(), threading.get_native_id())]
         target = sharer.tick(len(sys.modules), threads)
     except Exception:
         _debug("sharing")
