@@ -52,7 +52,7 @@ SHELLS = [pytest.param(shell, marks=needs(shell)) for shell in SHELL_NAMES]
 REPORT = """\
 import json, os, sys
 json.dump({"environ": dict(os.environ), "affinity": sorted(os.sched_getaffinity(0)),
-           "probe": "_tcap_probe" in sys.modules}, sys.stdout)
+           "probe": "_tcap_probe" in sys.modules, "pid": os.getpid()}, sys.stdout)
 sys.stdout.write("\\n")
 """
 
@@ -140,8 +140,15 @@ def assert_follows_plan(iso: Isolated, child: dict[str, Any], profile: str) -> N
 
 
 def environ_but_underscore(child: dict[str, Any]) -> dict[str, str]:
-    """A child's environment without ``_``, which shells set to the path of the command they started."""
-    return {k: v for k, v in child["environ"].items() if k != "_"}
+    """A child's environment without ``_``, which shells set to the path of the command they started,
+    and with the launch's root pid out of TCAP_SHARE_LAUNCH (the pid of the launch, whoever set it:
+    tcap's launcher, or under a static alias the probe of the first Python process)."""
+    env = {k: v for k, v in child["environ"].items() if k != "_"}
+    if "TCAP_SHARE_LAUNCH" in env:
+        root, _, directory = env["TCAP_SHARE_LAUNCH"].partition(":")
+        assert root == str(child["pid"]), env["TCAP_SHARE_LAUNCH"]
+        env["TCAP_SHARE_LAUNCH"] = directory
+    return env
 
 
 # --- aliases run the right profile --------------------------------------------------------
@@ -435,6 +442,7 @@ COMPLETION_CASES: list[tuple[list[str], set[str]]] = [
     (["tcap", "run", "-p", "km"], {"kmeans", "kmwhatever"}),
     (["tcap", "alias", "--profile", "kmw"], {"kmwhatever"}),
     (["tcap", "run", "--verify", ""], {"off", "warn", "strict", "enforce"}),
+    (["tcap", "run", "--share", ""], {"busy", "off"}),
     (["tcap", "run", "--rep"], {"--report", "--report-json"}),
     (["tcap", "show", "--j"], {"--json"}),
     (["tcap", "env", "--shell", "f"], {"fish"}),
@@ -526,6 +534,7 @@ def test_fish_shell_init_defines_functions_and_completion(iso: Isolated, complet
         ("tcap kernel ", {"install", "list", "remove"}),
         ("tcap run --rep", {"--report", "--report-json"}),
         ("tcap run --verify ", {"off", "warn", "strict", "enforce"}),
+        ("tcap run --share ", {"busy", "off"}),
         ("tcap show --j", {"--json"}),
     ]
     body = ["functions -q fit; and echo fit", "functions -q tcap-serial; and echo tcap-serial",

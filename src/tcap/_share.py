@@ -5,10 +5,11 @@ Loaded by path by the probe (as ``_tcap_share``) when ``TCAP_SHARE`` is set,
 and imported by the supervisor to clean up; standard library only, and
 nothing here imports a numeric library or threadpoolctl.
 
-The launch's state is one small file, private to the user, in
-``TCAP_SHARE_LAUNCH``'s directory, named after the launch's root process
-(the pid tcap exec'ed into, or the supervisor) and that process's start
-time, so a reused pid never meets an old file.  It holds ``SLOTS`` records
+The launch's state is one small file, private to the user (``share_dir``),
+named after the launch's root process (``TCAP_SHARE_LAUNCH``: the pid tcap
+exec'ed into, or the supervisor; else the first Python process with the
+probe, as under a static alias) and that process's start time, so a reused
+pid never meets an old file.  It holds ``SLOTS`` records
 of ``RECORD.size`` bytes, one per participating process: pid, start time,
 heartbeat (CLOCK_MONOTONIC, the same clock in every process), whether it is
 busy, the share it applies and its busy Python threads.  A process claims a
@@ -60,14 +61,27 @@ START_VARIABLES = (("OMP_NUM_THREADS", "openmp"), ("OPENBLAS_NUM_THREADS", "open
 
 
 def settings(environ: Mapping[str, str]) -> tuple[int, int, str] | None:
-    """(cpus, root pid, directory) from TCAP_SHARE and TCAP_SHARE_LAUNCH, or None."""
+    """(cpus, root pid, directory) from TCAP_SHARE and TCAP_SHARE_LAUNCH
+    ("PID", or "PID:DIRECTORY"), or None."""
     cpus = environ.get("TCAP_SHARE", "")
     root, _, directory = environ.get("TCAP_SHARE_LAUNCH", "").partition(":")
-    if not (cpus.isdigit() and root.isdigit() and directory) or len(cpus) > 6 or len(root) > 10:
+    directory = directory or share_dir(environ)
+    if not (cpus.isdigit() and root.isdigit()) or len(cpus) > 6 or len(root) > 10:
         return None
     if not 0 < int(cpus) <= 65536 or not os.path.isabs(directory):
         return None
     return int(cpus), int(root), directory
+
+
+def share_dir(environ: Mapping[str, str]) -> str:
+    """Where the launches' tables live: ``$XDG_RUNTIME_DIR/tcap`` (a per-user
+    tmpfs) when set, else ``$XDG_CACHE_HOME/tcap/share`` (default
+    ``~/.cache/tcap/share``)."""
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime) and len(runtime) < 1024:
+        return os.path.join(runtime, "tcap")
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tcap", "share")
 
 
 def process_start(pid: int) -> tuple[int, str] | None:

@@ -42,7 +42,9 @@ def child_environ(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> dict
 
 def share_dir(environ: Mapping[str, str]) -> str:
     """Where the launches' share tables live: ``$XDG_RUNTIME_DIR/tcap``
-    (a per-user tmpfs) when set, else ``$XDG_CACHE_HOME/tcap/share``."""
+    (a per-user tmpfs) when set, else ``$XDG_CACHE_HOME/tcap/share``.  The
+    probe's copy of this rule (tcap._share.share_dir, for a launch that no
+    launcher started) must agree: a test checks it."""
     runtime = environ.get("XDG_RUNTIME_DIR", "")
     if os.path.isabs(runtime) and len(runtime) < 1024:
         return os.path.join(runtime, "tcap")

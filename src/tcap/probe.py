@@ -296,6 +296,9 @@ def _share_start():
     leave it, before the program imports anything."""
     try:
         root = os.environ.get("TCAP_SHARE_LAUNCH", "").partition(":")[0]
+        if not root:  # started without tcap's launcher (a static alias): this process is the launch's root
+            root = str(os.getpid())
+            os.environ["TCAP_SHARE_LAUNCH"] = f"{root}:{_share_module().share_dir(os.environ)}"
         if root == str(os.getpid()):
             return  # the launch's first process: nothing else is busy yet
         module = _share_module()

@@ -123,6 +123,7 @@ def completion(shell: str, tcap: Sequence[str], commands: Commands) -> str:
         f'        -p|--profile) COMPREPLY=($(compgen -W "$({call} profiles --names 2>/dev/null)" -- "$cur"))'
         "; return ;;",
         '        --verify) COMPREPLY=($(compgen -W "off warn strict enforce" -- "$cur")); return ;;',
+        '        --share) COMPREPLY=($(compgen -W "busy off" -- "$cur")); return ;;',
         # tcap env also prints POSIX sh; aliases are for bash, zsh and fish only.
         '        --shell) if [[ ${COMP_WORDS[1]} == env ]]; then COMPREPLY=($(compgen -W "sh bash zsh fish" -- "$cur"))'
         '; else COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); fi; return ;;',
@@ -164,6 +165,7 @@ def _fish_completion(top: Sequence[str], options: Mapping[str, Sequence[str]], c
         # are quoted inside it, and it is quoted as a whole.
         f"complete -c tcap -s p -l profile -x -a {quote(f'({call} profiles --names 2>/dev/null)', 'fish')}",
         "complete -c tcap -l verify -x -a 'off warn strict enforce'",
+        "complete -c tcap -l share -x -a 'busy off'",
         "complete -c tcap -n '__fish_seen_subcommand_from shell-init' -a 'bash zsh fish'",
         "complete -c tcap -n '__fish_seen_subcommand_from env' -l shell -x -a 'sh bash zsh fish'",
         "complete -c tcap -n 'not __fish_seen_subcommand_from env' -l shell -x -a 'bash zsh fish'",
@@ -171,7 +173,7 @@ def _fish_completion(top: Sequence[str], options: Mapping[str, Sequence[str]], c
     for name, words in sorted(options.items()):
         sub = name.split()[-1]
         for option in words:
-            if option.startswith("--") and option not in ("--profile", "--verify", "--shell"):
+            if option.startswith("--") and option not in ("--profile", "--verify", "--share", "--shell"):
                 condition = quote("__fish_seen_subcommand_from " + sub, "fish")
                 lines.append(f"complete -c tcap -n {condition} -l {option[2:]}")
     return "\n".join(lines)
