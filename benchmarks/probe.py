@@ -80,6 +80,10 @@ def run(rounds: int) -> str:
             f"| {diff:+.2f} ({low:+.2f}…{high:+.2f}) | ≤ {TARGETS[label]:.0f} ({verdict}) |"
         )
     lines += check_cost(python, tcap, max(5, rounds // 8))
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, XDG_CACHE_HOME=os.path.join(home, "cache"), XDG_CONFIG_HOME=os.path.join(home, "cfg"))
+        env.pop("PYTHONPATH", None)
+        lines += share_cost(python, tcap, env, 5)
     lines += [
         "",
         "The probe imports only the standard library at start (no numpy, no threadpoolctl), so what it "
@@ -92,6 +96,97 @@ def run(rounds: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+#: One tick of sharing (probe._share_tick: measure, publish, read the table,
+#: decide) with 63 other busy processes in the table, timed inside a process.
+SHARE_TICK_PROGRAM = """
+import os, sys, time
+import numpy
+probe = sys.modules["_tcap_probe"]
+while probe._state.get("sharer") is None:
+    time.sleep(0.01)
+share, table = probe._state["share_module"], probe._state["sharer"].table
+now = time.monotonic()
+for slot in range(1, 64):  # 63 busy siblings whose heartbeats stay fresh
+    record = share.RECORD.pack(100000 + slot, 1, 1, now + 3600, share.BUSY_FLAG, 1, 1)
+    os.pwrite(table.fd, record, slot * share.RECORD.size)
+assert len(table.busy_others(os.getpid(), now)) == 63
+rounds = []
+for _ in range(7):
+    start = time.perf_counter()
+    for _ in range(500):
+        probe._share_tick()
+    rounds.append((time.perf_counter() - start) / 500)
+print(sorted(rounds)[3])
+"""
+#: A launch of N idle Python processes with numpy (a parent and N-1
+#: children), sampled once they are all in: the CPU time of all their threads
+#: over a window with no scheduled check in it (checks run 0.25, 0.75, 1.75,
+#: 3.75, 7.75 and 15.75 s after the first numeric import). Idle, they spend it
+#: on the probe's timer only; with sharing off the timer sleeps till a check.
+SHARE_LAUNCH_PROGRAM = """
+import os, subprocess, sys, time
+n = int(sys.argv[1])
+child = "import numpy, time; time.sleep(16)"
+kids = [subprocess.Popen([sys.executable, "-c", child]) for _ in range(n - 1)]
+import numpy
+pids = [os.getpid()] + [k.pid for k in kids]
+
+def probe_cpu():
+    total = 0.0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:  # nanoseconds on a CPU
+                    total += int(f.read().split()[0]) / 1e9
+            except OSError:
+                pass
+    return total
+
+time.sleep(8.5)
+before, start = probe_cpu(), time.monotonic()
+time.sleep(6.0)
+after, end = probe_cpu(), time.monotonic()
+print((after - before) / (end - start))
+for k in kids:
+    k.kill()
+"""
+
+
+def share_cost(python: str, tcap: str, env: dict[str, str], runs: int) -> list[str]:
+    """Sharing's own cost: one tick with a 64-process table, and the probe
+    threads of a 64-process launch, with sharing on and off."""
+    import subprocess
+
+    ticks = []
+    for _ in range(runs):
+        out = subprocess.run([tcap, "run", "--", python, "-c", SHARE_TICK_PROGRAM], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        ticks.append(float(out) * 1e6)
+    launch = {}
+    for mode in ("busy", "off"):
+        out = subprocess.run([tcap, "run", "--share", mode, "--", python, "-c", SHARE_LAUNCH_PROGRAM, "64"],
+                             env=env, capture_output=True, text=True, check=True, timeout=120).stdout
+        launch[mode] = float(out) * 100  # % of one core
+    per_second = median(ticks) * 4 / 1e6 * 64 * 100  # 4 ticks a second, 64 processes: % of one core
+    verdict = "met" if launch["busy"] - launch["off"] <= 1.0 else "MISSED"
+    return [
+        "",
+        "**Sharing's coordination** (docs/sharing.md): one tick of a process — measure its Python threads, "
+        "write its record, read the table, decide — timed inside the process with 63 other busy processes in "
+        f"the table ({runs} processes, median of 7 × 500 ticks each); and a launch of 64 idle Python processes "
+        "with numpy, the CPU time of all their threads over 6 s with no scheduled check in it:",
+        "",
+        "| measure | value | target |",
+        "|---|---:|---:|",
+        f"| one tick, 64-process table | {median(ticks):.1f} µs ({min(ticks):.1f}–{max(ticks):.1f}) | |",
+        f"| that × 4 ticks/s × 64 processes | {per_second:.2f} % of one core | |",
+        f"| 64-process launch, every thread, share busy | {launch['busy']:.2f} % of one core | |",
+        f"| 64-process launch, every thread, share off | {launch['off']:.2f} % of one core | |",
+        f"| sharing's own cost (busy − off) | {launch['busy'] - launch['off']:.2f} % of one core "
+        f"| ≤ 1 % ({verdict}) |",
+    ]
 
 
 def check_cost(python: str, tcap: str, runs: int) -> list[str]:

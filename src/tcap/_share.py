@@ -43,10 +43,13 @@ if TYPE_CHECKING:
 RECORD = struct.Struct("=IIQdHHH2x")
 SLOTS = 256
 SIZE = RECORD.size * SLOTS
-TICK = 0.25  # seconds between two looks at the table
+TICK = 0.25  # seconds between two looks at the table while anything changes
+QUIET = 1.0  # ... for an idle process once nothing changed for QUIET_AFTER seconds
+QUIET_AFTER = 1.0
 BUSY = 0.5  # of one CPU, over a tick
-STALE = 0.6  # seconds without a heartbeat before the OS is asked whether a process lives
-HOLD = 2  # idle ticks in a row before a busy process counts as idle
+STALE = 0.6  # seconds without a heartbeat before the OS is asked whether a busy process lives
+GONE = 2.5  # ... and before /proc is asked whether it is a zombie or another process with its pid
+HOLD = 0.2  # seconds of idle ticks in a row before a busy process counts as idle
 IMPORTING = 20  # modules loaded during one tick: the process is still importing
 MAX_SAMPLES = 256
 BUSY_FLAG = 1
@@ -246,7 +249,27 @@ class Table:
                     view.cast("d")[2::4].tolist(), flags)
                 if flag and pid != me and pid
                 and (flag & BUSY_FLAG or (flag & STARTING_FLAG and ppid == parent and now - beat < STARTING))
-                and (now - beat <= STALE or ((pid, start) not in self.dead and self._alive(pid, start)))]
+                and (now - beat <= STALE or self._lives(pid, start, now - beat))]
+
+    def _lives(self, pid: int, start: int, silent: float) -> bool:
+        """Whether a busy process ``silent`` seconds without a heartbeat still
+        runs: kill(pid, 0) first (a microsecond; a killed worker its parent
+        reaped is gone), /proc once it has been silent for GONE seconds (a
+        zombie, or the pid of another process now)."""
+        if (pid, start) in self.dead:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            if len(self.dead) < 4096:
+                self.dead.add((pid, start))
+            return False
+        except OSError:
+            pass  # another user's pid now: /proc says
+        else:
+            if silent < GONE:
+                return True
+        return self._alive(pid, start)
 
     def _alive(self, pid: int, start: int) -> bool:
         state = process_start(pid)
@@ -371,7 +394,9 @@ class Sharer:
         self.share = table.cpus  # the process's share of the launch's CPUs
         self.per_thread = table.cpus
         self.busy_threads = 0
-        self.calm = 0  # ticks in a row that measured less demand than the flags say
+        self.busy_seen = 0  # the launch's busy count at the last tick
+        self.calm: float | None = None  # since when the ticks measured less demand than the flags say
+        self.changed = 0.0  # when the share, the busy flag or count last changed
         self.busy = busy  # until the first measurement: a forked worker counts as busy from its start
         self.low: int | None = None
         self.high: int | None = None
@@ -406,14 +431,20 @@ class Sharer:
         # Busy: a Python thread wants a CPU (running or waiting for one), or
         # the native pools run without one of them (Polars, a C pool).
         busy = not importing and (busy_threads > 0 or (cpu - last[1]) / elapsed >= BUSY)
-        # Busy at once, idle only after HOLD idle ticks in a row (and fewer
+        # Busy at once, idle only after HOLD seconds of idle ticks (and fewer
         # busy threads likewise): a task's gap does not hand the CPUs around,
         # nor does a forked worker's wait for its first task.
-        self.calm = self.calm + 1 if (self.busy and not busy) or busy_threads < self.busy_threads else 0
-        if not busy and self.busy and self.calm < HOLD:
+        if (self.busy and not busy) or busy_threads < self.busy_threads:
+            self.calm = now if self.calm is None else self.calm
+        else:
+            self.calm = None
+        holding = self.calm is not None and now - self.calm < HOLD
+        if not busy and self.busy and holding:
             busy = True
-        if busy_threads < self.busy_threads and self.calm < HOLD:
+        if busy_threads < self.busy_threads and holding:
             busy_threads = self.busy_threads
+        if busy != self.busy or busy_threads != self.busy_threads:
+            self.changed = now
         self.busy = busy
         self.busy_threads = busy_threads
 
@@ -433,9 +464,21 @@ class Sharer:
         self.note(per_thread, count)
         return per_thread
 
+    def interval(self) -> float:
+        """Seconds to the next tick: TICK while busy, while things change
+        and while a busy state is being held; QUIET for a process idle a while
+        (it holds no CPUs, and notices its own work at its next tick)."""
+        if self.busy or time.monotonic() - self.changed < QUIET_AFTER or self.calm is not None:
+            return TICK
+        return QUIET
+
     def note(self, per_thread: int, busy: int) -> None:
+        if busy != self.busy_seen:
+            self.busy_seen = busy
+            self.changed = time.monotonic()
         if per_thread == self.per_thread and self.low is not None:
             return
+        self.changed = time.monotonic()
         if self.low is not None:
             self.changes += 1
         self.per_thread = per_thread

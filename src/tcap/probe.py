@@ -208,11 +208,11 @@ def _start_timer():
             sharer = _state.get("sharer")
             now = time.monotonic()
             time.sleep(max(0.0, min(due - now, tick) if sharer else due - now))
-            tick = _state["share_module"].TICK if sharer else tick
             if os.getpid() != _state.get("pid"):
                 return
             if sharer:
                 _share_tick()
+                tick = sharer.interval()
             if time.monotonic() >= due:
                 check("timer")
                 due = time.monotonic() + (delays.pop(0) if delays else LAST)
