@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import alias  # noqa: E402
 import kernel  # noqa: E402
 import launcher  # noqa: E402
+import noflags  # noqa: E402
 import probe  # noqa: E402
 import profiles  # noqa: E402
 import ranks  # noqa: E402
@@ -41,6 +42,7 @@ SECTIONS = {
     "profiles": lambda args: profiles.run(args.workload_rounds + 2),
     "ranks": lambda args: ranks.run(args.workload_rounds + 2),
     "report": lambda args: report.run(),
+    "noflags": lambda args: noflags.run(args.workload_rounds),
 }
 
 
