@@ -351,6 +351,8 @@ def _share_claim(busy=False):
 def _share_tick(on_main=False):
     """Measure, publish and decide; hand the pools' change to the main thread."""
     sharer = _state["sharer"]
+    if _state.pop("renudge", False) and _state.get("main_work") is not None:
+        _nudge(_state["main_work"])
     try:
         import threading
 
@@ -364,31 +366,48 @@ def _share_tick(on_main=False):
     except Exception:
         _debug("sharing")
         return
+    if target >= sharer.table.cpus:
+        target = None  # alone with the launch's CPUs: every pool at its ceiling (an explicit cap above them too)
     modules = len(sys.modules)
     applied = _state.get("applied")  # (target, modules) of the last adjustment
     pools = _state["share_pools"]
     if applied is not None and applied[0] == target and (applied[1] == modules or (
-            target >= sharer.table.cpus and not pools.lowered())):
+            target is None and not pools.lowered())):
         return
-    if applied is None and target >= sharer.table.cpus and not _state.get("limits"):
+    if applied is None and target is None and not _state.get("limits"):
         _state["applied"] = (target, modules)
         return  # alone: every pool keeps the size it has
     _state["applied"] = (target, modules)
     if on_main:
-        _adjust(target)
+        try:
+            _prepare()
+            _adjust(target)
+        except Exception:
+            _debug("sharing after fork")
     else:
         _nudge(lambda: _adjust(_state["applied"][0]))
+
+
+def _prepare():
+    """What ``_adjust`` needs, loaded off the main thread: threadpoolctl, ctypes
+    and the list of loaded libraries (rebuilt when modules were imported), so
+    the work on the main thread, which may run in the middle of one of the
+    program's imports, imports nothing."""
+    tpc = _threadpoolctl()
+    import ctypes  # noqa: F401  (for _on_main's pending call)
+
+    modules = len(sys.modules)
+    if _state.get("controller") is None or _state.get("controller_modules") != modules:
+        _state["controller"] = tpc.ThreadpoolController()
+        _state["controller_modules"] = modules
 
 
 def _adjust(target):
     """On the main thread (OpenBLAS and OpenMP take a new size from it only):
     every run-time pool to min(its ceiling, ``target``, a build limit)."""
-    tpc = _threadpoolctl()
-    modules = len(sys.modules)
     controller = _state.get("controller")
-    if controller is None or _state.get("controller_modules") != modules:
-        controller = _state["controller"] = tpc.ThreadpoolController()
-        _state["controller_modules"] = modules
+    if controller is None:
+        return
     caps = _state["caps"]
     pools = []
     for lib in controller.lib_controllers:
@@ -428,6 +447,11 @@ def _install_wake():
 
 
 def _wake(signum, frame):
+    if _state.get("main_work") is None:
+        return
+    if _in_import():
+        _state["renudge"] = True  # not in the middle of the program's import: the next tick asks again
+        return
     work = _state.pop("main_work", None)
     if work is not None:
         try:
@@ -436,10 +460,26 @@ def _wake(signum, frame):
             _debug("work on the main thread")
 
 
+def _in_import():
+    """Whether this thread is inside importlib (a pending call or signal
+    handler runs at any bytecode, an import's own included)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _nudge(work):
     """``work`` for the main thread, through a pending call (at its next
     bytecode) and, when it is blocked waiting on a lock in threading (its
     innermost frame is there), a SIGWINCH to wake it."""
+    try:
+        _prepare()
+    except Exception:
+        _debug("preparing the pools' change")
+        return
     _state["main_work"] = work
 
     def pending():
@@ -482,7 +522,8 @@ def _on_main(key, work):
     def run(_):
         try:
             pending.pop(key, None)
-            work()
+            if key == ("share",) or not _in_import():  # enforce again at the next check, not inside an import
+                work()
         except Exception:
             _debug("work on the main thread")
         return 0
@@ -700,7 +741,7 @@ def _build_limit(limit):
     if "share_pools" not in _state:
         _state["share_pools"] = _share_module().Pools()
     sharer = _state.get("sharer")
-    _nudge(lambda: _adjust(sharer.per_thread if sharer is not None else None))
+    _nudge(lambda: _adjust((_state.get("applied") or (None,))[0]))
 
 
 def _count_threads(info):
