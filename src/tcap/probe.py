@@ -740,7 +740,6 @@ def _build_limit(limit):
         os.environ["OMP_NUM_THREADS"] = str(limit)
     if "share_pools" not in _state:
         _state["share_pools"] = _share_module().Pools()
-    sharer = _state.get("sharer")
     _nudge(lambda: _adjust((_state.get("applied") or (None,))[0]))
 
 
