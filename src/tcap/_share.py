@@ -532,8 +532,9 @@ class Pools:
                 ceiling = current  # the program's own change
             else:
                 ceiling = state[0]
-            want = max(1, min(ceiling, cap or ceiling, target or ceiling,
-                              (limits or {}).get(cap_key) or ceiling))
+            # Not the cap: a pool over it is the program's escape, which the
+            # probe warns about (and enforce brings back); sharing only divides.
+            want = max(1, min(ceiling, target or ceiling, (limits or {}).get(cap_key) or ceiling))
             if want != current and setter is not None:
                 try:
                     setter(want)
