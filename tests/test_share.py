@@ -507,12 +507,15 @@ def test_adjust_takes_a_pool_the_program_raised_as_the_new_ceiling() -> None:
     assert pools.adjust([blas.row(cap=None)], 8) == [(("/lib/libopenblas.so", "openblas"), 1, 4)]
 
 
-def test_adjust_holds_pools_to_their_cap_and_build_limit() -> None:
+def test_adjust_holds_pools_to_a_build_limit_but_leaves_an_escape_over_the_cap_to_the_verdict() -> None:
     pools = _share.Pools()
     blas, omp = Pool(4), Pool(4)
     changed = pools.adjust([blas.row(cap=2), omp.row("openmp", cap=None)], None, {"openmp": 3})
-    assert (blas.size, omp.size) == (2, 3)
-    assert len(changed) == 2
+    # The BLAS pool over its cap of 2 is the program's escape: warned (or enforced), not shared away.
+    assert (blas.size, omp.size) == (4, 3)
+    assert len(changed) == 1
+    # A share below it lowers it, as any pool.
+    assert pools.adjust([blas.row(cap=2)], 1) == [(blas.row()[0], 4, 1)] and blas.size == 1
 
 
 def test_adjust_skips_what_is_no_pool_size_and_survives_a_failing_setter() -> None:

@@ -374,10 +374,12 @@ def lower_at_start(
         if share < ceiling:
             environ[name] = str(share)
             done[name] = (str(share), current)
-    shared = {name: pair for name, pair in earlier.items() if name not in done}
-    shared.update(done)
-    if shared:
-        environ["TCAP_SHARED"] = ",".join(f"{n}={v}/{b or ''}" for n, (v, b) in shared.items())
+    # Only this start's lowerings: an ancestor's was undone above (or the
+    # program changed the value since, which makes it the program's).
+    if done:
+        environ["TCAP_SHARED"] = ",".join(f"{n}={v}/{b or ''}" for n, (v, b) in done.items())
+    else:
+        environ.pop("TCAP_SHARED", None)
     return done
 
 

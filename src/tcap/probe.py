@@ -228,6 +228,9 @@ def _start_timer():
     thread = threading.Thread(target=loop, name="tcap-probe", daemon=True)
     _state["timer"] = thread
     thread.start()
+    if not _state.get("late_fork_hook") and hasattr(os, "register_at_fork"):
+        _state["late_fork_hook"] = True  # after threading's (imported by now): see _after_fork_late
+        os.register_at_fork(after_in_child=_after_fork_late)
     if _state.get("sharer") is not None:
         _install_wake()
 
@@ -242,6 +245,15 @@ def _after_fork():
             _share_claim(busy=True)  # a forked worker imports nothing: it is about to work
             if _state.get("sharer") is not None:
                 _share_tick(on_main=True)
+    except Exception:
+        _debug("fork")
+
+
+def _after_fork_late():
+    """The timer of a forked child, started from a fork handler registered
+    after threading's own: started before it, threading would take the new
+    thread for one of the parent's and mark it stopped."""
+    try:
         if _numeric_loaded() or _state.get("report_dir"):
             _start_timer()
     except Exception:
@@ -495,15 +507,29 @@ def _nudge(work):
 
 
 def _share_stop():
+    """Leave the table; the launch's root removes it (whether or not it joined:
+    its workers may have made it)."""
     table = _state.get("share_table")
-    if table is None or _state.get("share_table_pid") != os.getpid():
+    if table is not None and _state.get("share_table_pid") == os.getpid():
+        table.release()
+    root, _, directory = os.environ.get("TCAP_SHARE_LAUNCH", "").partition(":")
+    if root != str(os.getpid()) or not os.environ.get("TCAP_SHARE"):
         return
-    table.release()
-    if os.environ.get("TCAP_SHARE_LAUNCH", "").partition(":")[0] == str(os.getpid()):
+    if table is not None and _state.get("share_table_pid") == os.getpid():
+        path = table.path
+    else:
         try:
-            os.unlink(table.path)  # the launch's root leaves: the launch ends
-        except OSError:
-            pass
+            with open("/proc/self/stat", "rb") as f:
+                start = f.read(4096).rpartition(b")")[2].split()[19].decode()
+        except (OSError, IndexError):
+            return
+        if not directory:
+            directory = _share_module().share_dir(os.environ)
+        path = os.path.join(directory, f"share-{root}-{start}")
+    try:
+        os.unlink(path)  # the launch's root leaves: the launch ends
+    except OSError:
+        pass
 
 
 def _on_main(key, work):
