@@ -57,7 +57,8 @@ def report(iso: Isolated, code: str, *flags: str) -> tuple[subprocess.CompletedP
 
 def test_joblib_workers_at_the_parents_cap_are_over_the_launch_budget(iso: Isolated):
     pytest.importorskip("joblib")
-    result, data = report(iso, PARALLEL, "--blas", "2")
+    # Without sharing, which would divide the CPUs between the two workers.
+    result, data = report(iso, PARALLEL, "--blas", "2", "--share", "off")
     assert result.returncode == 0, result.stderr
     budget = data["budget"]
     assert budget["cpus"] == 2 and budget["violated"], budget
@@ -85,7 +86,7 @@ def test_the_same_with_workers_2_is_within_the_budget(iso: Isolated):
 def test_strict_fails_a_launch_over_its_budget(iso: Isolated):
     pytest.importorskip("joblib")
     (iso.work / "prog.py").write_text(PARALLEL)
-    result = iso.run("run", "--blas", "2", "--verify", "strict", "--", PYTHON, "prog.py", timeout=300)
+    result = iso.run("run", "--blas", "2", "--share", "off", "--verify", "strict", "--", PYTHON, "prog.py", timeout=300)
     assert result.returncode == 86, result.stderr
     assert re.search(r"^tcap: verdict: .*over the launch budget.*; exit 86 \(verify strict\)$", result.stderr, re.M)
 
@@ -162,7 +163,8 @@ def test_an_openmp_cap_above_the_build_limit_says_what_to_lower(iso: Isolated):
     assert result.returncode == 0, result.stderr
     assert re.search(r"numpy's OpenBLAS [\d.]+ is built for at most 64 threads, but the openmp cap is 100: more "
                      r"OpenMP threads calling it at once crash it \(\"precompiled NUM_THREADS exceeded\"\); lower the "
-                     r"openmp cap to 64 \(tcap run --openmp 64\); tcap's next launches of \S+ cap openmp at 64",
+                     r"openmp cap to 64 \(tcap run --openmp 64\); lowered to 64 in this process, and tcap's next "
+                     r"launches of \S+ cap openmp at 64",
                      result.stderr), result.stderr
     # Recorded: the next launch plans within the limit, and the probe is silent.
     again = iso.run("run", "--openmp", "100", "--", PYTHON, "prog.py")

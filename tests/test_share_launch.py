@@ -150,3 +150,56 @@ def test_a_table_left_by_a_killed_launch_is_swept_by_the_next(iso: Isolated) -> 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_launcher_and_the_probe_agree_on_the_division_variables() -> None:
+    from tcap.launch import DIVISION_VARIABLES
+
+    assert DIVISION_VARIABLES == tuple(name for name, _ in _share.DIVISION_VARIABLES)
+
+
+CAPS = {"openmp": 2, "openblas": 2, "mkl": 2, "blis": 2}
+BASE = "OMP_NUM_THREADS=,OPENBLAS_NUM_THREADS=2,MKL_NUM_THREADS=,BLIS_NUM_THREADS="
+
+
+@pytest.mark.parametrize(("environ", "divided"), [
+    ({"TCAP_SHARE_BASE": BASE, "OPENBLAS_NUM_THREADS": "2"}, None),  # as the launch gave it
+    ({"TCAP_SHARE_BASE": BASE, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}, "OMP_NUM_THREADS"),  # loky
+    ({"TCAP_SHARE_BASE": BASE, "OPENBLAS_NUM_THREADS": "4"}, "OPENBLAS_NUM_THREADS"),  # inner_max_num_threads=4
+    ({"TCAP_SHARE_BASE": BASE}, "OPENBLAS_NUM_THREADS"),  # unset by someone
+    # tcap's own lowering at a start (TCAP_SHARED) is not someone else's division.
+    ({"TCAP_SHARE_BASE": BASE, "OPENBLAS_NUM_THREADS": "1", "TCAP_SHARED": "OPENBLAS_NUM_THREADS=1/2"}, None),
+    ({"OMP_NUM_THREADS": "1"}, "OMP_NUM_THREADS"),  # no base: a count below the cap
+    ({"OMP_NUM_THREADS": "2"}, None),
+])
+def test_a_process_divided_by_someone_else_is_recognised(environ: dict[str, str], divided: str | None) -> None:
+    assert _share.divided_by_others(environ, CAPS) == divided
+
+
+JOBLIB_INNER = """
+import json, os
+from joblib import Parallel, delayed, parallel_config
+from threadpoolctl import threadpool_info
+
+def work(i):
+    import numpy as np, time
+    a = np.random.default_rng(i).random((300, 300))
+    start = time.time()
+    while time.time() - start < 1.5:
+        a @ a
+    return [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"]
+
+with parallel_config("loky", inner_max_num_threads=2):
+    print(json.dumps(Parallel(n_jobs=2)(delayed(work)(i) for i in range(2))))
+"""
+
+
+def test_joblib_keeps_its_own_division_under_sharing(iso: Isolated) -> None:
+    """inner_max_num_threads=2 with 2 workers on this machine: more threads
+    than CPUs, but joblib's own choice: sharing counts the workers and
+    leaves their pools at it."""
+    pytest.importorskip("joblib")
+    (iso.work / "inner.py").write_text(JOBLIB_INNER)
+    result = iso.run("run", "--", PYTHON, "inner.py", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[2, 2], [2, 2]] or json.loads(result.stdout) == [[2], [2]]

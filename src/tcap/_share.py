@@ -341,6 +341,48 @@ def open_launch(environ: Mapping[str, str], create: bool) -> Table | None:
         return None
 
 
+#: Variables whose value below its cap says someone divided the CPUs already.
+DIVISION_VARIABLES = (("OMP_NUM_THREADS", "openmp"), ("OPENBLAS_NUM_THREADS", "openblas"),
+                      ("MKL_NUM_THREADS", "mkl"), ("BLIS_NUM_THREADS", "blis"))
+
+
+def base_of(environ: Mapping[str, str]) -> str:
+    """TCAP_SHARE_BASE: the DIVISION_VARIABLES as the launch gave them to its
+    first process ("OMP_NUM_THREADS=2,OPENBLAS_NUM_THREADS=,...")."""
+    return ",".join(f"{name}={environ.get(name, '')[:32]}" for name, _ in DIVISION_VARIABLES)
+
+
+def divided_by_others(environ: Mapping[str, str], caps: Mapping[str, int]) -> str | None:
+    """The variable that says this process's CPUs were divided by someone
+    else — joblib/loky's cpu_count() // n_jobs or inner_max_num_threads,
+    Dask's 1 per worker, torchrun's 1, a script's own value — or None: one of
+    DIVISION_VARIABLES that differs from what the launch gave its first
+    process (TCAP_SHARE_BASE; without it, a count below the cap) and that
+    tcap's own lowering at start (TCAP_SHARED) does not explain.  Such a
+    process keeps that division."""
+    ours = {}
+    for item in environ.get("TCAP_SHARED", "").split(","):
+        name, _, rest = item.partition("=")
+        ours[name] = rest.partition("/")[0]
+    base = {}
+    for item in environ.get("TCAP_SHARE_BASE", "").split(","):
+        name, eq, value = item.partition("=")
+        if eq:
+            base[name] = value
+    for name, key in DIVISION_VARIABLES:
+        value = environ.get(name, "")
+        if value and ours.get(name) == value:
+            continue
+        if base:
+            if name in base and value[:32] != base[name]:
+                return name
+        else:
+            first = value.split(",")[0].strip()
+            if first.isdigit() and key in caps and int(first) < caps[key]:
+                return name
+    return None
+
+
 def lower_at_start(
     table: Table, environ: MutableMapping[str, str], caps: Mapping[str, int], me: int,
 ) -> dict[str, tuple[str, str | None]]:

@@ -37,7 +37,14 @@ def child_environ(recipe: Mapping[str, Any], environ: Mapping[str, str]) -> dict
             # This process (exec'ed into the command, or supervising it) is the
             # launch's root: its probes share through a table named after it.
             env["TCAP_SHARE_LAUNCH"] = f"{os.getpid()}:{share_dir(environ)}"
+            # The thread variables as the launch gives them: a process of the
+            # launch where they differ was divided by someone else (joblib, Dask).
+            env["TCAP_SHARE_BASE"] = ",".join(f"{name}={env.get(name, '')[:32]}" for name in DIVISION_VARIABLES)
     return env
+
+
+#: tcap._share.DIVISION_VARIABLES' names (a test checks they agree).
+DIVISION_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 def share_dir(environ: Mapping[str, str]) -> str:

@@ -311,9 +311,13 @@ def _share_start():
         if not root:  # started without tcap's launcher (a static alias): this process is the launch's root
             root = str(os.getpid())
             os.environ["TCAP_SHARE_LAUNCH"] = f"{root}:{_share_module().share_dir(os.environ)}"
+            os.environ["TCAP_SHARE_BASE"] = _share_module().base_of(os.environ)
         if root == str(os.getpid()):
             return  # the launch's first process: nothing else is busy yet
         module = _share_module()
+        divided = module.divided_by_others(os.environ, _state["caps"])
+        if divided:
+            _state["divided"] = divided  # counted in the table, its pools left to that division
         table = module.open_launch(os.environ, create=False)
         if table is None:
             return
@@ -325,7 +329,7 @@ def _share_start():
         if found is not None and not helper:
             table.claim(os.getpid(), found[0], module.STARTING_FLAG)  # the siblings starting with it see it
             _state["share_starting"] = True
-        done = module.lower_at_start(table, os.environ, _state["caps"], os.getpid())
+        done = {} if divided else module.lower_at_start(table, os.environ, _state["caps"], os.getpid())
         keys = dict(module.START_VARIABLES)
         _state["share_bases"] = {keys[name]: value for name, value in done.items()}
     except Exception:
@@ -378,8 +382,8 @@ def _share_tick(on_main=False):
     except Exception:
         _debug("sharing")
         return
-    if target >= sharer.table.cpus:
-        target = None  # alone with the launch's CPUs: every pool at its ceiling (an explicit cap above them too)
+    if target >= sharer.table.cpus or _state.get("divided"):
+        target = None  # alone with the launch's CPUs (or divided by joblib, Dask...): every pool at its ceiling
     modules = len(sys.modules)
     applied = _state.get("applied")  # (target, modules) of the last adjustment
     pools = _state["share_pools"]
@@ -981,17 +985,28 @@ def _magic(line=""):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"tcap: profile {profile}, verify {mode}, {os_threads()} OS threads, "
              f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} CPUs in affinity"]
-    sharer = _state.get("sharer")
-    if sharer is not None:
-        busy = len(sharer.table.busy_others(sharer.pid, time.monotonic(), os.getppid())) + 1
-        lines.append(f"sharing: each pool at most {sharer.per_thread} thread(s): this process's share is "
-                     f"{sharer.share} of the launch's {sharer.table.cpus} CPUs ({busy} busy process(es) counting "
-                     f"this one, {sharer.busy_threads} busy Python thread(s)); lowest {sharer.low or sharer.per_thread}"
-                     f", highest {sharer.high or sharer.per_thread}, {sharer.changes} change(s)")
-    elif os.environ.get("TCAP_SHARE"):
-        lines.append("sharing: on, not yet joined (it starts with the first numeric import)")
     if len(rows) == 1:
         lines.append("no native thread pools loaded (threadpoolctl sees none yet)")
     else:
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += _share_lines()
     print("\n".join(lines))
+
+
+def _plural(count, word):
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _share_lines():
+    """%tcap's line about sharing: the share this process applies and why."""
+    sharer = _state.get("sharer")
+    if sharer is None:
+        return ["sharing: on, not joined yet (it starts with the first numeric import)"] \
+            if os.environ.get("TCAP_SHARE") else []
+    if _state.get("divided"):
+        return [f"sharing: counted, pools left alone: {_state['divided']} divides this process's CPUs already"]
+    busy = len(sharer.table.busy_others(sharer.pid, time.monotonic(), os.getppid())) + 1
+    return [f"sharing: this process's share is {sharer.share} of the launch's {_plural(sharer.table.cpus, 'CPU')} "
+            f"({_plural(busy, 'busy process')}, this one counted; {_plural(sharer.busy_threads, 'busy Python thread')})"
+            f": pools at most {sharer.per_thread}; lowest {sharer.low or sharer.per_thread}, highest "
+            f"{sharer.high or sharer.per_thread}, {_plural(sharer.changes, 'change')}"]
