@@ -207,12 +207,15 @@ def _start_timer():
         while True:
             sharer = _state.get("sharer")
             now = time.monotonic()
-            time.sleep(max(0.0, min(due - now, tick) if sharer else due - now))
+            waiting = _state.get("renudge")  # main-thread work that landed inside an import: ask again soon
+            time.sleep(max(0.0, min(due - now, tick if sharer else 0.1) if sharer or waiting else due - now))
             if os.getpid() != _state.get("pid"):
                 return
             if sharer:
                 _share_tick()
                 tick = sharer.interval()
+            elif _state.pop("renudge", False) and _state.get("main_work") is not None:
+                _nudge(_state["main_work"])
             if time.monotonic() >= due:
                 check("timer")
                 due = time.monotonic() + (delays.pop(0) if delays else LAST)
