@@ -234,8 +234,6 @@ def _start_timer():
     if not _state.get("late_fork_hook") and hasattr(os, "register_at_fork"):
         _state["late_fork_hook"] = True  # after threading's (imported by now): see _after_fork_late
         os.register_at_fork(after_in_child=_after_fork_late)
-    if _state.get("sharer") is not None:
-        _install_wake()
 
 
 def _after_fork():
@@ -397,13 +395,14 @@ def _share_tick(on_main=False):
         _state["applied"] = (target, modules)
         return  # alone: every pool keeps the size it has
     _state["applied"] = (target, modules)
-    if on_main:
-        try:
-            _prepare()
+    try:
+        _prepare()
+        _adjust(target, "any")  # at once, even while the main thread is inside a long BLAS call
+        if on_main:
             _adjust(target)
-        except Exception:
-            _debug("sharing after fork")
-    else:
+    except Exception:
+        _debug("sharing")
+    if not on_main:
         _nudge(lambda: _adjust(_state["applied"][0]))
 
 
@@ -421,22 +420,34 @@ def _prepare():
         _state["controller_modules"] = modules
 
 
-def _adjust(target):
-    """On the main thread (OpenBLAS and OpenMP take a new size from it only):
-    every run-time pool to min(its ceiling, ``target``, a build limit)."""
+#: Pools with one process-wide size, which any thread may set: OpenBLAS on
+#: its own threads (its size is a global; threadpoolctl lets only the first
+#: thread that set it change it, so tcap calls the library directly), numexpr,
+#: Blosc.  The others keep a size per calling thread (OpenMP's, and MKL, BLIS
+#: and torch through it) and are set on the main thread.
+ANY_THREAD = ("numexpr", "blosc (numcodecs)", "blosc")
+
+
+def _adjust(target, where="main"):
+    """Every run-time pool to min(its ceiling, ``target``, a build limit):
+    those ``where`` ("main": the per-thread ones, on the main thread; "any":
+    the process-wide ones, from whichever thread calls)."""
     controller = _state.get("controller")
     if controller is None:
         return
     caps = _state["caps"]
     pools = []
     for lib in controller.lib_controllers:
-        info = {"internal_api": lib.internal_api, "user_api": lib.user_api,
-                "threading_layer": getattr(lib, "threading_layer", None)}
-        key = "openmp" if info["threading_layer"] == "openmp" or lib.user_api == "openmp" else lib.internal_api
-        pools.append(((lib.filepath, lib.internal_api), key, lib.num_threads, cap_for(info, caps),
-                      lib.set_num_threads))
+        layer = getattr(lib, "threading_layer", None)
+        key = "openmp" if layer == "openmp" or lib.user_api == "openmp" else lib.internal_api
+        anywhere = lib.internal_api == "openblas" and layer == "pthreads" and hasattr(lib, "_real_set_num_threads")
+        if anywhere != (where == "any"):
+            continue
+        setter = lib._real_set_num_threads if anywhere else lib.set_num_threads
+        info = {"internal_api": lib.internal_api, "user_api": lib.user_api, "threading_layer": layer}
+        pools.append(((lib.filepath, lib.internal_api), key, lib.num_threads, cap_for(info, caps), setter))
     for pool in other_pools():
-        if pool["_limit"] is not None:
+        if pool["_limit"] is not None and (pool["internal_api"] in ANY_THREAD) == (where == "any"):
             module, limit = pool["_module"], pool["_limit"]
             pools.append(((pool["filepath"], pool["internal_api"]), pool["user_api"], pool["num_threads"],
                           caps.get(pool["user_api"]), lambda n, m=module, f=limit: f(m, n)))
@@ -444,28 +455,7 @@ def _adjust(target):
         _state["recheck"] = True  # the record shows the pools as tcap left them, at the next tick
 
 
-def _install_wake():
-    """On the main thread, when the program left SIGWINCH alone: a handler
-    that does nothing but run tcap's pending work, so a main thread waiting
-    for its Python threads (a ThreadPool's map) can still resize the BLAS
-    pools they call.  tcap sends it only to a main thread blocked in a lock
-    wait of threading's (which Python resumes after the handler); a terminal
-    resize now interrupts the main thread's system calls as it does in any
-    program with a SIGWINCH handler (Python retries its own, PEP 475)."""
-    try:
-        if _thread.get_ident() != _state.get("main"):
-            return
-        import signal
-
-        if signal.getsignal(signal.SIGWINCH) != signal.SIG_DFL:
-            return
-        signal.signal(signal.SIGWINCH, _wake)
-        _state["wake"] = signal
-    except Exception:
-        _debug("installing the wake-up handler")
-
-
-def _wake(signum, frame):
+def _run_main_work():
     if _state.get("main_work") is None:
         return
     if _in_import():
@@ -492,25 +482,15 @@ def _in_import():
 
 def _nudge(work):
     """``work`` for the main thread, through a pending call (at its next
-    bytecode) and, when it is blocked waiting on a lock in threading (its
-    innermost frame is there), a SIGWINCH to wake it."""
+    bytecode: a main thread blocked in a wait or a long C call runs no OpenMP
+    region meanwhile, and gets the work before its next one)."""
     try:
         _prepare()
     except Exception:
         _debug("preparing the pools' change")
         return
     _state["main_work"] = work
-
-    def pending():
-        _wake(None, None)
-
-    _on_main(("share",), pending)
-    signal = _state.get("wake")
-    if signal is None or signal.getsignal(signal.SIGWINCH) is not _wake:
-        return
-    frame = sys._current_frames().get(_state.get("main"))
-    if frame is not None and frame.f_code.co_filename.endswith("threading.py"):
-        signal.pthread_kill(_state["main"], signal.SIGWINCH)
+    _on_main(("share",), _run_main_work)
 
 
 def _share_stop():
@@ -773,6 +753,12 @@ def _build_limit(limit):
         os.environ["OMP_NUM_THREADS"] = str(limit)
     if "share_pools" not in _state:
         _state["share_pools"] = _share_module().Pools()
+    target = (_state.get("applied") or (None,))[0]
+    try:
+        _prepare()
+        _adjust(target, "any")
+    except Exception:
+        _debug("applying a build limit")
     _nudge(lambda: _adjust((_state.get("applied") or (None,))[0]))
 
 

@@ -13,5 +13,6 @@ if __name__ == "__main__":
     rng = np.random.default_rng(0)
     X = rng.random((ROWS, 30))
     y = (X[:, :5].sum(axis=1) + rng.normal(0, 0.3, ROWS) > 2.5).astype(int)
-    model = HistGradientBoostingClassifier(max_iter=max(5, round(30 * min(SCALE, 1.0))), early_stopping=False, random_state=0)
+    iterations = max(5, round(30 * min(SCALE, 1.0)))
+    model = HistGradientBoostingClassifier(max_iter=iterations, early_stopping=False, random_state=0)
     print(round(float(cross_val_score(model, X, y, cv=4, n_jobs=-1).mean()), 4))
