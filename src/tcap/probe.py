@@ -812,8 +812,9 @@ def _warn(pool, cap):
 
 
 def _enforce(tpc, pool, cap):
-    """Bring ``pool`` back to ``cap``, on the main thread (OpenBLAS ignores
-    a new limit set from any other)."""
+    """Bring ``pool`` back to ``cap``, on the main thread (OpenMP keeps a
+    size per thread, and threadpoolctl lets only the first thread that set
+    OpenBLAS's size change it)."""
     _on_main((pool.get("filepath"), cap), lambda: _limit(tpc, pool, cap))
 
 
