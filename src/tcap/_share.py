@@ -352,6 +352,18 @@ def base_of(environ: Mapping[str, str]) -> str:
     return ",".join(f"{name}={environ.get(name, '')[:32]}" for name, _ in DIVISION_VARIABLES)
 
 
+def shared_at_start(environ: Mapping[str, str]) -> dict[str, tuple[str, str | None]]:
+    """TCAP_SHARED, what an ancestor's lower_at_start set: {variable: (value
+    it set, the value before it or None)}."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for item in environ.get("TCAP_SHARED", "").split(","):
+        name, _, rest = item.partition("=")
+        value, _, before = rest.partition("/")
+        if name:
+            found[name] = (value, before or None)
+    return found
+
+
 def divided_by_others(environ: Mapping[str, str], caps: Mapping[str, int]) -> str | None:
     """The variable that says this process's CPUs were divided by someone
     else — joblib/loky's cpu_count() // n_jobs or inner_max_num_threads,
@@ -360,10 +372,7 @@ def divided_by_others(environ: Mapping[str, str], caps: Mapping[str, int]) -> st
     process (TCAP_SHARE_BASE; without it, a count below the cap) and that
     tcap's own lowering at start (TCAP_SHARED) does not explain.  Such a
     process keeps that division."""
-    ours = {}
-    for item in environ.get("TCAP_SHARED", "").split(","):
-        name, _, rest = item.partition("=")
-        ours[name] = rest.partition("/")[0]
+    ours = {name: value for name, (value, _) in shared_at_start(environ).items()}
     base = {}
     for item in environ.get("TCAP_SHARE_BASE", "").split(","):
         name, eq, value = item.partition("=")
@@ -391,12 +400,7 @@ def lower_at_start(
     (value set, value before or None)}; the original values of a lowering
     done by an ancestor are kept in TCAP_SHARED so none is taken for the
     program's own choice."""
-    earlier: dict[str, tuple[str, str | None]] = {}
-    for item in environ.get("TCAP_SHARED", "").split(","):
-        name, _, rest = item.partition("=")
-        value, _, before = rest.partition("/")
-        if name:
-            earlier[name] = (value, before or None)
+    earlier = shared_at_start(environ)
     share, _ = divide(table.cpus, table.busy_others(me, time.monotonic(), os.getppid()), me)
     done = {}
     for name, key in START_VARIABLES:

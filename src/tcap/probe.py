@@ -497,14 +497,15 @@ def _share_stop():
     """Leave the table; the launch's root removes it (whether or not it joined:
     its workers may have made it)."""
     table = _state.get("share_table")
-    if table is not None and _state.get("share_table_pid") == os.getpid():
+    mine = table is not None and _state.get("share_table_pid") == os.getpid()
+    if mine:
         table.release()
     root, _, directory = os.environ.get("TCAP_SHARE_LAUNCH", "").partition(":")
     if root != str(os.getpid()) or not os.environ.get("TCAP_SHARE"):
         return
-    if table is not None and _state.get("share_table_pid") == os.getpid():
+    if mine:
         path = table.path
-    else:
+    else:  # the name _share.path_for gives, without loading _share at every root's exit
         try:
             with open("/proc/self/stat", "rb") as f:
                 start = f.read(4096).rpartition(b")")[2].split()[19].decode()
