@@ -17,10 +17,10 @@ def test_committed_docs_match_the_tables(name: str) -> None:
 
 
 def test_every_pool_of_the_registry_has_a_row() -> None:
-    from tcap.probe import POOLS
+    from tcap._pools import POOLS
 
     table = reference.pool_table()
-    assert all(f"`{module}`" in table for module, *_ in POOLS)
+    assert all(f"`{pool.module}`" in table for pool in POOLS)
 
 
 @pytest.mark.parametrize("variable", VARIABLES, ids=lambda v: v.name)

@@ -24,55 +24,8 @@ NUMERIC = frozenset(
     ("numpy", "scipy", "sklearn", "torch", "numexpr", "numba", "threadpoolctl", "mkl", "pandas", "polars",
      "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss", "numcodecs", "blosc", "zarr")
 )
-# Pools threadpoolctl does not see, read through each library's own public
-# API, and only once the program has imported it (a check never imports a
-# library): (module, pool name, cap key or None when tcap caps it with no
-# variable, read(module) -> threads, limit(module, n) or None when the pool
-# cannot shrink, what enforce can do, and 1 when the calling thread is one of
-# the pool's threads, 0 when the pool runs all of them besides it).
-POOLS = (
-    ("numexpr", "numexpr", "numexpr", lambda m: m.get_num_threads(), lambda m, n: m.set_num_threads(n),
-     "set_num_threads() lowers it", 0),
-    ("numba", "numba", "numba", lambda m: m.config.NUMBA_NUM_THREADS, None,
-     "the pool is sized once, from NUMBA_NUM_THREADS at import: warn only", 0),
-    ("polars", "polars", "polars", lambda m: m.thread_pool_size(), None,
-     "the pool is sized once, from POLARS_MAX_THREADS at import: warn only", 0),
-    ("numcodecs.blosc", "blosc (numcodecs)", "blosc", lambda m: _blosc(m.get_nthreads()), lambda m, n: _blosc_limit(m, n),  # noqa: E501
-     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it", 0),
-    ("blosc", "blosc", "blosc", lambda m: _blosc(m.nthreads), lambda m, n: _blosc_limit(m, n),
-     "set_nthreads() and BLOSC_NTHREADS (which c-blosc reads at every call) lower it", 0),
-    ("torch", "torch (intra-op)", "openmp", lambda m: m.get_num_threads(), lambda m, n: m.set_num_threads(n),
-     "torch.set_num_threads() lowers it", 1),
-    ("torch", "torch (inter-op)", None, lambda m: m.get_num_interop_threads(), None,
-     "no variable sizes it, so it is shown, not judged; it is fixed once it has started", 0),
-    ("tensorflow", "tensorflow (intra-op)", "tensorflow", lambda m: _tf(m, "intra", "TF_NUM_INTRAOP_THREADS"), None,
-     "fixed once TensorFlow has started: warn only", 0),
-    ("tensorflow", "tensorflow (inter-op)", "tensorflow", lambda m: _tf(m, "inter", "TF_NUM_INTEROP_THREADS"), None,
-     "fixed once TensorFlow has started: warn only", 0),
-)
-
-
-def _blosc_limit(module, n):
-    if os.environ.get("BLOSC_NTHREADS"):
-        os.environ["BLOSC_NTHREADS"] = str(n)
-    module.set_nthreads(n)
-
-
-def _blosc(configured):
-    """c-blosc applies BLOSC_NTHREADS at every (de)compression call when it
-    is set, whatever the library was configured with at import."""
-    value = os.environ.get("BLOSC_NTHREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else configured
-
-
-def _tf(module, which, variable):
-    """TensorFlow's setting; 0 means its variable if set, else one thread
-    per CPU it may run on."""
-    value = getattr(module.config.threading, f"get_{which}_op_parallelism_threads")()
-    if value:
-        return value
-    text = os.environ.get(variable, "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
+# The pools threadpoolctl does not see are rows of tcap/_pools.py (loaded by
+# path at the first check): a library's row is found there, not here.
 
 
 # Seconds after the first numeric import (or after a fork) of each timer
@@ -420,18 +373,12 @@ def _prepare():
         _state["controller_modules"] = modules
 
 
-#: Pools with one process-wide size, which any thread may set: OpenBLAS on
-#: its own threads (its size is a global; threadpoolctl lets only the first
-#: thread that set it change it, so tcap calls the library directly), numexpr,
-#: Blosc.  The others keep a size per calling thread (OpenMP's, and MKL, BLIS
-#: and torch through it) and are set on the main thread.
-ANY_THREAD = ("numexpr", "blosc (numcodecs)", "blosc")
-
-
 def _adjust(target, where="main"):
     """Every run-time pool to min(its ceiling, ``target``, a build limit):
     those ``where`` ("main": the per-thread ones, on the main thread; "any":
-    the process-wide ones, from whichever thread calls)."""
+    the process-wide ones, from whichever thread calls). OpenBLAS on its own
+    threads has one size, a global: threadpoolctl lets only the first thread
+    that set it change it, so tcap calls the library's setter directly."""
     controller = _state.get("controller")
     if controller is None:
         return
@@ -447,7 +394,9 @@ def _adjust(target, where="main"):
         info = {"internal_api": lib.internal_api, "user_api": lib.user_api, "threading_layer": layer}
         pools.append(((lib.filepath, lib.internal_api), key, lib.num_threads, cap_for(info, caps), setter))
     for pool in other_pools():
-        if pool["_limit"] is not None and (pool["internal_api"] in ANY_THREAD) == (where == "any"):
+        # One process-wide size (numexpr, Blosc...) is set from any thread; a
+        # size per calling thread (torch's, through OpenMP) on the main one.
+        if pool["_limit"] is not None and (not pool["_per_thread"]) == (where == "any"):
             module, limit = pool["_module"], pool["_limit"]
             pools.append(((pool["filepath"], pool["internal_api"]), pool["user_api"], pool["num_threads"],
                           caps.get(pool["user_api"]), lambda n, m=module, f=limit: f(m, n)))
@@ -823,24 +772,33 @@ def _cpu_text(cpus):
     return ",".join(str(c) for c in sorted(cpus))
 
 
+def _pools_module():
+    module = _state.get("pools_module")
+    if module is None:
+        module = _state["pools_module"] = _load(
+            "_tcap_pools", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_pools.py"))
+    return module
+
+
 def other_pools():
-    """The POOLS of the libraries the program has imported, as threadpoolctl
-    style dicts; a library whose API fails is "could not check", not listed."""
+    """The registry's pools (tcap/_pools.py) of the libraries the program has
+    imported, as threadpoolctl style dicts; a library whose API fails is
+    "could not check", not listed."""
     found = []
-    for module_name, name, key, read, limit, _, spare in POOLS:
-        module = sys.modules.get(module_name)
+    for row in _pools_module().loaded(sys.modules):
+        module = sys.modules.get(row.module)
         if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
             continue  # not imported, or still importing (on another thread)
         try:
-            threads = read(module)
+            threads = row.read(module)
             if isinstance(threads, bool) or not isinstance(threads, int):
                 continue
         except Exception:
-            _debug(f"reading the {name} pool")
+            _debug(f"reading the {row.name} pool")
             continue
-        found.append({"internal_api": name, "user_api": key, "num_threads": threads, "prefix": module_name,
+        found.append({"internal_api": row.name, "user_api": row.key, "num_threads": threads, "prefix": row.module,
                       "filepath": getattr(module, "__file__", None), "version": getattr(module, "__version__", None),
-                      "_limit": limit, "_module": module, "_spare": spare})
+                      "_limit": row.limit, "_module": module, "_spare": row.spare, "_per_thread": row.per_thread})
     return found
 
 

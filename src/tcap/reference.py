@@ -1,6 +1,6 @@
 """The docs' tables, derived from the data: the variables
 (``tcap.variables.VARIABLES``, in docs/profiles.md) and the pools the probe
-reads beyond threadpoolctl (``tcap.probe.POOLS``, in docs/verification.md).
+reads beyond threadpoolctl (``tcap._pools.POOLS``, in docs/verification.md).
 
 ``python -m tcap.reference docs/profiles.md docs/verification.md`` rewrites
 the tables between the markers in those files; a test checks the committed
@@ -56,18 +56,19 @@ def own_text(v: Variable) -> str:
 def pool_table() -> str:
     """The pools the probe reads through the libraries' own APIs, as Markdown;
     "tested in CI" when the library is one of the test dependencies."""
-    from tcap.probe import POOLS
+    from tcap._pools import POOLS
 
     tested = test_dependencies()
     rows = [
         "| pool | checked once the program imported | cap key | enforce | tested in CI |",
         "|---|---|---|---|---|",
     ]
-    for module, name, key, _read, limit, note, _spare in POOLS:
-        distribution = module.partition(".")[0]
+    for pool in POOLS:
+        distribution = pool.module.partition(".")[0]
         ci = "yes" if distribution in tested else "no: too large for CI; tested where installed, skipped otherwise"
-        cap = f"`{key}`" if key else "none (no variable sizes it)"
-        rows.append(f"| {name} | `{module}` | {cap} | {'yes: ' if limit else 'no: '}{note} | {ci} |")
+        cap = f"`{pool.key}`" if pool.key else "none (no variable sizes it)"
+        rows.append(f"| {pool.name} | `{pool.module}` | {cap} | {'yes: ' if pool.limit else 'no: '}{pool.enforce} "
+                    f"| {ci} |")
     return "\n".join(rows)
 
 
