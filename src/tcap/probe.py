@@ -126,6 +126,9 @@ def _reset_process():
         timer=None,
         born=time.time(),
         applied=None,
+        observer=None,
+        observed_violation=None,
+        main_view=None,
     )
 
 
@@ -157,11 +160,17 @@ def _start_timer():
         delays = list(SCHEDULE)
         due = time.monotonic() + delays.pop(0)
         tick = 0.1  # the first look at the launch's table comes early: siblings are starting
+        observer = _observer()
         while True:
             sharer = _state.get("sharer")
             now = time.monotonic()
             waiting = _state.get("renudge")  # main-thread work that landed inside an import: ask again soon
-            time.sleep(max(0.0, min(due - now, tick if sharer else 0.1) if sharer or waiting else due - now))
+            step = due - now
+            if sharer or waiting:
+                step = min(step, tick if sharer else 0.1)
+            if observer is not None:
+                step = min(step, observer.interval())
+            time.sleep(max(0.0, step))
             if os.getpid() != _state.get("pid"):
                 return
             if sharer:
@@ -169,6 +178,8 @@ def _start_timer():
                 tick = sharer.interval()
             elif _state.pop("renudge", False) and _state.get("main_work") is not None:
                 _nudge(_state["main_work"])
+            if observer is not None:
+                _observe_tick(observer)
             if time.monotonic() >= due:
                 check("timer")
                 due = time.monotonic() + (delays.pop(0) if delays else LAST)
@@ -212,6 +223,115 @@ def _after_fork_late():
             _start_timer()
     except Exception:
         _debug("fork")
+
+
+def _observer():
+    """This process's Observer (tcap/_observe.py), made on the timer thread;
+    None without caps to judge against or without per-thread clocks."""
+    if not _state.get("caps") or _state.get("observer") is not None:
+        return _state.get("observer")
+    try:
+        module = _state.get("observe_module")
+        if module is None:
+            module = _state["observe_module"] = _load(
+                "_tcap_observe", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_observe.py"))
+        observer = module.Observer()
+        if observer.available:
+            _state["observer"] = observer
+            return observer
+    except Exception:
+        _debug("observing threads")
+    return None
+
+
+def _observe_tick(observer):
+    """One sample of this process's threads; an episode over what the caps
+    allow becomes a violation (warned once, recorded at once)."""
+    try:
+        import threading
+
+        timer = _state.get("timer")
+        ours = getattr(timer, "native_id", None)
+        python = {thread.native_id for thread in list(threading._active.values())
+                  if getattr(thread, "native_id", None)}
+        python.discard(ours)
+        finding = observer.sample(python, (ours,), _allowed)
+    except Exception:
+        _debug("observing threads")
+        return
+    if finding is not None:
+        _observed(finding)
+
+
+def _allowed(busy_python):
+    """What the caps allow to be busy at once: the largest thread cap for
+    each busy Python thread (at least one), plus the pools no cap applies to."""
+    io = getattr(_pools_module(), "IO_KEYS", ())
+    caps = [value for key, value in _state["caps"].items() if key not in io]
+    if not caps:
+        return None
+    return max(caps) * max(1, busy_python) + _state.get("uncapped", 0)
+
+
+def _observed(finding):
+    violation = _state.get("observed_violation")
+    if violation is None:
+        check("observed")  # first, the pools tcap reads, as they are now (and the libraries loaded)
+    over_at = _state.get("registry_over_at")
+    if over_at is not None and over_at >= time.monotonic() - finding["seconds"] - 1.0:
+        return  # a pool tcap reads was over its cap during this episode: that violation names the cause
+    if violation is not None:  # the same escape goes on, or grows: recorded, not warned again
+        grew = finding["threads"] > violation["threads"]
+        violation["seconds"] = max(violation["seconds"], finding["seconds"])
+        if grew:
+            violation.update(threads=finding["threads"], cap=finding["cap"], names=finding["names"])
+        if grew or finding["seconds"] >= 2 * violation.get("_written", 0):
+            violation["_written"] = finding["seconds"]
+            _state["recheck"] = True
+        return
+    violation = {
+        "internal_api": "busy threads",
+        "user_api": "observed",
+        "filepath": None,
+        "threads": finding["threads"],
+        "cap": finding["cap"],
+        "at": time.time() - finding["seconds"],
+        "reason": "observed",
+        "seconds": finding["seconds"],
+        "names": finding["names"],
+        "libraries": _loaded_libraries(),
+        "_written": finding["seconds"],
+    }
+    _state["observed_violation"] = violation
+    _state["violations"].append(violation)
+    profile = _state.get("profile")
+    python = finding["python"]
+    loaded = ", ".join(violation["libraries"]) or "none that tcap knows"
+    names = ", ".join(violation["names"]) or "unnamed"
+    sys.stderr.write(
+        f"tcap: warning: {_who()}: {finding['threads']} threads busy at once for {finding['seconds']:g} s, "
+        f"more than its caps allow ({finding['cap']}: the largest cap for each of "
+        f"{_plural(max(1, python), 'busy Python thread')}); loaded: {loaded}; busy threads named {names}"
+        + (f" [profile {profile}]" if profile else "") + "\n")
+    if _state["mode"] == "enforce":
+        sys.stderr.write(f"tcap: note: {_who()}: enforce cannot bring back threads no pool tcap reads "
+                         "accounts for; the warning stands\n")
+    sys.stderr.flush()
+    if _state.get("report_dir"):
+        check("observed")  # the record now: a program leaving through os._exit writes no other
+
+
+def _loaded_libraries():
+    """Short names of the loaded libraries with pools: threadpoolctl's (at
+    the last check) and the registry's, observed-only ones included."""
+    names = list(_state.get("libraries") or ())
+    try:
+        module = _pools_module()
+        rows = list(module.POOLS) + list(getattr(module, "OBSERVED", ()))
+        names += [row.module.partition(".")[0] for row in rows if row.module in sys.modules]
+    except Exception:
+        _debug("naming the loaded libraries")
+    return list(dict.fromkeys(name for name in names if name))[:16]
 
 
 def _at_exit():
@@ -485,7 +605,8 @@ def _on_main(key, work):
     def run(_):
         try:
             pending.pop(key, None)
-            if key == ("share",) or not _in_import():  # enforce again at the next check, not inside an import
+            # Sharing's work and reading import nothing; enforce waits for the next check if inside an import.
+            if key in (("share",), ("view",)) or not _in_import():
                 work()
         except Exception:
             _debug("work on the main thread")
@@ -588,6 +709,10 @@ def _check(reason):
         _reset_process()
     tpc = _threadpoolctl()
     info = tpc.threadpool_info() + other_pools()
+    _as_main_sees(info)
+    _state["libraries"] = [pool.get("prefix") for pool in info if "_module" not in pool and pool.get("prefix")]
+    _state["uncapped"] = sum(pool.get("num_threads") or 0 for pool in info if "_module" in pool
+                             and pool.get("user_api") is None)
     caps = _state["caps"]
     planned = _state.get("cpus")
     if planned and hasattr(os, "sched_getaffinity"):
@@ -607,6 +732,8 @@ def _check(reason):
         _state["peaks"][key] = pool["peak_threads"]
         if cap is not None and threads > cap:
             over.append((pool, cap))
+    if any(pool.get("internal_api") != "affinity" for pool, _ in over):
+        _state["registry_over_at"] = time.monotonic()
     seen = _state["seen"]  # (filepath, api) -> thread count last warned about
     for pool in info:
         if pool["cap"] is None or (pool.get("num_threads") or 0) <= pool["cap"]:
@@ -626,7 +753,8 @@ def _check(reason):
                     "reason": reason,
                 }
             )
-            _warn(pool, cap)
+            if key not in _state.get("enforced_keys", ()):  # brought back before: the enforcement said it
+                _warn(pool, cap)
         if _state["mode"] == "enforce":
             try:
                 _enforce(tpc, pool, cap)
@@ -640,6 +768,59 @@ def _check(reason):
     _count_threads(info)
     _write_record(reason, info, tpc)
     return over
+
+
+def _as_main_sees(info):
+    """Each pool's size as the main thread sees it, where that is larger:
+    OpenMP keeps its setting per calling thread (threadpool_limits or
+    omp_set_num_threads on the main thread changes the main thread's teams
+    only), and this check may run on the probe's own thread."""
+    if _thread.get_ident() == _state.get("main"):
+        return
+    view = _main_view()
+    if not view:
+        return
+    for pool in info:
+        seen = view.get((pool.get("filepath"), pool.get("internal_api")))
+        if isinstance(seen, int) and not isinstance(seen, bool) and seen > (pool.get("num_threads") or 0):
+            pool["num_threads"] = seen
+
+
+def _main_view(wait=0.05):
+    """{(filepath, pool name): size} read on the main thread, as a pending
+    call: waited for ``wait`` seconds, else the last one it gave (a main
+    thread inside a long C call runs no Python; when it comes back, a
+    changed view makes the next tick check again)."""
+    try:
+        _prepare()
+    except Exception:
+        _debug("preparing the main thread's view")
+        return _state.get("main_view")
+    controller = _state.get("controller")
+    done = _thread.allocate_lock()
+    done.acquire()
+    token = object()
+
+    def read():
+        view = {}
+        for lib in controller.lib_controllers if controller is not None else ():
+            try:
+                view[(lib.filepath, lib.internal_api)] = lib.get_num_threads()
+            except Exception:
+                pass
+        for pool in other_pools():
+            if pool["_per_thread"]:
+                view[(pool["filepath"], pool["internal_api"])] = pool["num_threads"]
+        if view != _state.get("main_view") and _state.get("view_waiting") is not token:
+            _state["recheck"] = True  # came after the check gave up waiting: the next tick checks again
+        _state["main_view"] = view
+        done.release()
+
+    _state["view_waiting"] = token
+    _on_main(("view",), read)
+    done.acquire(True, wait)
+    _state["view_waiting"] = None
+    return _state.get("main_view")
 
 
 def _libraries(pools, caps):
@@ -830,11 +1011,22 @@ def _limit(tpc, pool, cap):
         pool["_limit"](pool["_module"], cap)
     else:
         tpc.ThreadpoolController().select(filepath=pool.get("filepath")).limit(limits=cap)
+    _state["main_view"] = None  # read again: what the main thread saw before is gone
+    # Checked again at the next tick: the program may undo it (threadpoolctl's
+    # context managers restore every pool's size as they found it at entry).
+    _state["recheck"] = True
+    key = (pool.get("filepath"), pool.get("internal_api"))
+    again = _state.setdefault("enforced_keys", {})
+    again[key] = again.get(key, 0) + 1
+    if again[key] > 1:  # undone and brought back again: counted, not announced every time
+        if _state["enforced"] and _state["enforced"][-1].get("filepath") == key[0]:
+            _state["enforced"][-1]["times"] = again[key]
+        return
     _state["enforced"].append(
         {"internal_api": pool.get("internal_api"), "filepath": pool.get("filepath"),
          "from": before, "to": cap, "at": time.time()}
     )
-    _state["seen"].pop((pool.get("filepath"), pool.get("internal_api")), None)
+    _state["seen"].pop(key, None)
     sys.stderr.write(
         f"tcap: enforced: {_who()}: {pool.get('internal_api')} "
         f"({pool.get('user_api')}) brought back from {before} to {cap} threads\n"
@@ -875,9 +1067,11 @@ def _write_record(reason, info, tpc):
         "peak_unexplained_threads": _state.get("peak_unexplained"),
         "hazards": [{k: h[k] for k in ("kind", "what")} for h in _state.get("hazards", {}).values()],
         "pools": pools,
-        "violations": _state.get("violations", []),
+        "violations": [{k: v for k, v in item.items() if not k.startswith("_")}
+                       for item in _state.get("violations", [])],
         "enforced": _state.get("enforced", []),
         "share": _state["sharer"].record() if _state.get("sharer") is not None else None,
+        "observed": _state["observer"].record() if _state.get("observer") is not None else None,
     }
     path = os.path.join(directory, f"{os.getpid()}.json")
     temporary = f"{path}.{time.monotonic_ns()}.tmp"
