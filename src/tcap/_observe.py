@@ -167,22 +167,22 @@ class Observer:
         if last is None:
             return None
         self.idle = (cpu - last[1]) / elapsed < IDLE
-        busy = busy_python + busy_other
+        count = busy_python + busy_other
         self.samples += 1
-        self.total += busy
+        self.total += count
         self.peak_other = max(self.peak_other, busy_other)
         self.python_peak = max(self.python_peak, busy_python)
         limit = allowed(busy_python)
-        if busy > self.peak:
-            self.peak, self.allowed_at_peak = busy, limit
-        if limit is None or busy <= limit:
+        if count > self.peak:
+            self.peak, self.allowed_at_peak = count, limit
+        if limit is None or count <= limit:
             self.over = None
             return None
         names = [self._name(tid) for tid in other]
         if self.over is None:
-            self.over = (last[0], busy, limit, names)
-        elif busy > self.over[1]:
-            self.over = (self.over[0], busy, limit, names)
+            self.over = (last[0], count, limit, names)
+        elif count > self.over[1]:
+            self.over = (self.over[0], count, limit, names)
         since, most, limit, names = self.over
         seconds = now - since
         if seconds <= GRACE:
