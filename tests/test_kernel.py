@@ -753,6 +753,18 @@ def test_tcap_magic_and_load_ext(warn_kernel: tuple[Any, Any]) -> None:
     assert "LIBRARY" in execute(kc, "%tcap").ok().stdout
 
 
+def test_tcap_magic_shows_the_busy_threads_observed(warn_kernel: tuple[Any, Any]) -> None:
+    _km, kc = warn_kernel
+    execute(kc, "import numpy, time\na = numpy.random.rand(300, 300)\nstart = time.time()\n"
+                "while time.time() - start < 1.5:\n    a @ a").ok()
+    lines = execute(kc, "%tcap").ok().stdout.splitlines()
+    observed = [line for line in lines if line.startswith("observed: ")]
+    assert len(observed) == 1, lines
+    # The cell's loop kept the main thread (and OpenBLAS at 1, no other) busy: within the caps.
+    assert observed[0].startswith("observed: at most 1 busy thread at once"), observed
+    assert observed[0].endswith("; within what the caps allow"), observed
+
+
 def test_cell_over_cap_warns_in_its_own_output(warn_kernel: tuple[Any, Any]) -> None:
     km, kc = warn_kernel
     try:

@@ -1132,12 +1132,26 @@ def _magic(line=""):
         lines.append("no native thread pools loaded (threadpoolctl sees none yet)")
     else:
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines += _share_lines()
+    lines += _share_lines() + _observed_lines()
     print("\n".join(lines))
 
 
 def _plural(count, word):
     return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _observed_lines():
+    """%tcap's line about the busy threads observed in this process."""
+    observer = _state.get("observer")
+    record = observer.record() if observer is not None else None
+    if record is None:
+        return []
+    violation = _state.get("observed_violation")
+    verdict = (f"; over what the caps allow for {violation['seconds']:g} s ({violation['threads']} > "
+               f"{violation['cap']})" if violation else "; within what the caps allow")
+    return [f"observed: at most {_plural(record['peak'], 'busy thread')} at once "
+            f"({record['python_peak']} of them Python's at most), {record['mean']:g} on average over "
+            f"{_plural(record['samples'], 'sample')}{verdict}"]
 
 
 def _share_lines():
