@@ -22,7 +22,8 @@ import time
 # Top-level packages whose import means native thread pools may exist.
 NUMERIC = frozenset(
     ("numpy", "scipy", "sklearn", "torch", "numexpr", "numba", "threadpoolctl", "mkl", "pandas", "polars",
-     "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss", "numcodecs", "blosc", "zarr")
+     "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss", "numcodecs", "blosc", "zarr", "pyarrow", "cv2",
+     "onnxruntime", "tokenizers", "jaxlib")
 )
 # The pools threadpoolctl does not see are rows of tcap/_pools.py (loaded by
 # path at the first check): a library's row is found there, not here.
