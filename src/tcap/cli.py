@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 USAGE = """\
 usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
-                     [--kernel] [--] COMMAND [ARG...]
+                     [--plot FILE] [--kernel] [--] COMMAND [ARG...]
        tcap run      --plan FILE [--kernel] [--] COMMAND [ARG...]
        tcap show     [PLAN OPTIONS] [--python PATH] [--json]
        tcap env      [PLAN OPTIONS] [--python PATH] [--shell sh|bash|zsh|fish]
@@ -28,7 +28,7 @@ usage: tcap run      [PLAN OPTIONS] [--dry-run] [--report] [--report-json FILE]
        tcap alias    [-p P ...] [--shell bash|zsh|fish] [--static]
        tcap shell-init [bash|zsh|fish] [-p P ...] [--static]
        tcap bookings [--json]
-       tcap report   [--json FILE] REPORT.json...
+       tcap report   [--json FILE] [--plot FILE] REPORT.json...
        tcap sweep    [-p BASE] [--threads LIST] [--blas LIST] [--openmp LIST]
                      [--workers LIST] [--repeat N] [--save NAME] [--plot FILE]
                      [--json] -- COMMAND [ARG...]
@@ -65,12 +65,16 @@ run options:
                      pools (threads/cap), peak OS threads and a verdict
   --report-json FILE the same report as JSON into FILE; {rank}, {host} and
                      {pid} in FILE are filled in (one file per rank of a job)
+  --plot FILE        a picture of the run into FILE (.png, .svg or .pdf;
+                     needs matplotlib: pip install 'tcap[plot]'): busy
+                     threads per process over time against the CPUs, the
+                     shares and the violations; {rank}, {host}, {pid} too
   --plan FILE        run a frozen plan (tcap kernel install --freeze) instead
                      of resolving a profile
   --kernel           the command is an IPython kernel: with verification on,
                      also check the pools after every cell
-With --report, --report-json or verify strict, tcap supervises the command
-instead of exec-ing it; strict exits 86 when a pool went over its cap.
+With --report, --report-json, --plot or verify strict, tcap supervises the
+command instead of exec-ing it; strict exits 86 when a pool went over its cap.
 
 kernel install options (see docs/jupyter.md):
   --name N           kernelspec name (default tcap-PROFILE)
@@ -100,7 +104,7 @@ alias and shell-init (see docs/shared-servers.md):
 report: merges the --report-json files of several launches (the ranks of a
 job, on one node or many) and prints, on standard output, a table per node,
 the launch budget per node and one verdict; exits 0 when every cap and
-budget held, 1 otherwise.
+budget held, 1 otherwise. --plot FILE draws them, a panel per node.
 
 sweep: runs COMMAND under every combination of the lists (e.g. --threads
 1,2,4 --workers 1,2), --repeat times each (default 3, interleaved), and

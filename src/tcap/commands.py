@@ -26,7 +26,7 @@ SHELLS = ("sh", "bash", "zsh", "fish")
 
 def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, str]) -> int:
     """``tcap run``: resolve the plan, apply it and exec ``command`` (or, for
-    ``--report``/``--report-json``/``verify = strict``, run it supervised)."""
+    ``--report``/``--report-json``/``--plot``/``verify = strict``, run it supervised)."""
     if not command:
         raise TcapError("tcap run: missing the command to run (tcap run [options] -- COMMAND ...)")
     if not command[0]:
@@ -73,11 +73,17 @@ def run(options: Mapping[str, Any], command: list[str], environ: Mapping[str, st
         sys.stdout.write(f"would exec: {render.command_line([found, *command[1:]])}\n")
         return 0
     if recipe.get("verify") == "strict" or options.get("report") or options.get("report_json") \
-            or not launch.can_exec():
+            or "plot" in options or not launch.can_exec():
         from tcap import supervise
 
+        after = None
+        if "plot" in options:  # matplotlib and the destination checked before the command starts
+            from tcap import plot
+
+            after = plot.for_run(options, environ)
         return supervise.supervise(
-            recipe, command, environ, report=bool(options.get("report")), report_json=options.get("report_json")
+            recipe, command, environ, report=bool(options.get("report")), report_json=options.get("report_json"),
+            after=after,
         )
     launch.execute(recipe, command, environ)
 
@@ -345,8 +351,9 @@ def bookings(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, 
 
 def report(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, str]) -> int:
     """``tcap report FILE...``: merge the reports of several launches; the
-    report on stdout, ``--json`` into its file (checked before any report is
-    read: never one of them)."""
+    report on stdout, ``--json`` into its file and ``--plot`` a picture of
+    them into its (both checked before any report is read: never one of
+    them)."""
     from tcap import reports, supervise
     from tcap.errors import EXIT_IO
 
@@ -355,14 +362,24 @@ def report(options: Mapping[str, Any], rest: list[str], environ: Mapping[str, st
     if len(rest) > reports.MAX_REPORTS:
         raise TcapError(f"tcap report: {len(rest)} files, more than the {reports.MAX_REPORTS} it merges")
     out = options.get("json")
+    picture = options.get("plot")
+    if "plot" in options:
+        from tcap import plot
+
+        plot.for_report(picture or "", rest, out)
     if out:
         supervise.check_destination(out, "--json", rest)
-    text, data = reports.merge_reports([reports.read_report(path) for path in rest])
+    read = [reports.read_report(path) for path in rest]
+    text, data = reports.merge_reports(read)
     if out:  # before stdout, which a pager closed early would end
         try:
             supervise.write_json(out, data)
         except OSError as failure:
             raise TcapError(f"cannot write --json: {failure.strerror or failure}", code=EXIT_IO, path=out) from None
+    if picture:
+        from tcap import plot
+
+        plot.write_reports(picture, read, data["verdict"])
     sys.stdout.write(text)
     return 1 if data["violations"] or data["over_budget"] else 0
 

@@ -23,7 +23,7 @@ PLAN_OPTIONS = {
 # among the options, False nothing)
 COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
     "run": (
-        {**PLAN_OPTIONS, "--report-json": "report_json", "--plan": "plan"},
+        {**PLAN_OPTIONS, "--report-json": "report_json", "--plot": "plot", "--plan": "plan"},
         ("--dry-run", "--report", "--kernel"),
         True,
     ),
@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
     "alias": ({"-p": "profiles", "--profile": "profiles", "--shell": "shell"}, ("--static",), False),
     "shell-init": ({"-p": "profiles", "--profile": "profiles"}, ("--static",), "args"),
     "bookings": ({}, ("--json",), False),
-    "report": ({"--json": "json"}, (), "args"),
+    "report": ({"--json": "json", "--plot": "plot"}, (), "args"),
     "sweep": (
         {"-p": "profile", "--profile": "profile", "--threads": "threads", "--blas": "blas", "--openmp": "openmp",
          "--workers": "workers", "--repeat": "repeat", "--save": "save", "--plot": "plot"},

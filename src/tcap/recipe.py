@@ -176,7 +176,7 @@ def cache_key(
     flags = tuple(
         (key, tuple(value) if isinstance(value, list) else value)
         for key, value in sorted(options.items())
-        if key not in ("profile", "dry_run", "help", "report", "report_json", "kernel")
+        if key not in ("profile", "dry_run", "help", "report", "report_json", "plot", "kernel")
     )
     # What the libraries would pick without tcap depends on the inherited
     # thread variables; the recorded build limits on the interpreter started.

@@ -127,7 +127,7 @@ def completion(shell: str, tcap: Sequence[str], commands: Commands) -> str:
         # tcap env also prints POSIX sh; aliases are for bash, zsh and fish only.
         '        --shell) if [[ ${COMP_WORDS[1]} == env ]]; then COMPREPLY=($(compgen -W "sh bash zsh fish" -- "$cur"))'
         '; else COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); fi; return ;;',
-        '        --report-json|--plan|--prefix|--python) COMPREPLY=($(compgen -f -- "$cur")); return ;;',
+        '        --report-json|--plot|--plan|--prefix|--python) COMPREPLY=($(compgen -f -- "$cur")); return ;;',
         "    esac",
         f'    if ((COMP_CWORD == 1)); then COMPREPLY=($(compgen -W {quote(" ".join(top), shell)} -- "$cur"))'
         "; return; fi",

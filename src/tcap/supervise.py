@@ -70,7 +70,8 @@ BUDGET_GRACE = 2.0
 
 def needed(recipe: Mapping[str, Any], options: Mapping[str, Any]) -> bool:
     """Whether ``tcap run`` supervises rather than execs."""
-    return recipe.get("verify") == "strict" or bool(options.get("report")) or bool(options.get("report_json"))
+    return recipe.get("verify") == "strict" or bool(options.get("report")) or bool(options.get("report_json")) \
+        or bool(options.get("plot"))
 
 
 def supervise(
@@ -80,8 +81,11 @@ def supervise(
     *,
     report: bool = False,
     report_json: str | None = None,
+    after: Callable[[dict[str, Any], int], int] | None = None,
 ) -> int:
-    """Run ``argv`` as a child under ``recipe``; return the exit code for tcap."""
+    """Run ``argv`` as a child under ``recipe``; return the exit code for tcap
+    (``after``, given the report's data and that code once the report is
+    written, returns the one to use: ``tcap run --plot``, tcap.plot)."""
     from tcap import launch
     from tcap.machine import hostname
     from tcap.ranks import read_ranks
@@ -128,6 +132,8 @@ def supervise(
                              f"{one_line(failure.strerror or str(failure))}\n")
             if result == 0:
                 result = EXIT_IO
+    if after is not None:
+        result = after({"processes": processes, **summary}, result)
     return result
 
 
