@@ -355,6 +355,13 @@ def test_report_plot_of_a_contract_report(iso: Isolated) -> None:
     assert png_size(iso.work / "rep.png") == ONE_PANEL
     drawn = pixels(iso.work / "rep.png")
     assert count(drawn, VIOLATION) > 100 and count(drawn, CPU_LINE, slack=24) > 200
+    svg = iso.run("report", "r.json", "--plot", "rep.svg", timeout=HANG)
+    assert svg.returncode == 1 and (iso.work / "rep.svg").read_text().startswith("<?xml"), svg.stderr
+    from tcap import reports
+
+    if "busy_samples" not in reports.read_report(str(iso.work / "r.json")).processes[0]:
+        pytest.skip("tcap report does not keep busy_samples yet (issue 19)")
+    assert count(drawn, BAND_0) > 2000 and count(drawn, BAND_1) > 1000
 
 
 # -- the command line ------------------------------------------------------------------------

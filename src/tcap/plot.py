@@ -393,13 +393,17 @@ def render(panels: Sequence[Panel], verdict: str, kind: str = "png") -> bytes:
         warnings.simplefilter("ignore")
         figure = Figure(figsize=(WIDTH, HEADER + PANEL * max(1, len(shown))), dpi=DPI)
         FigureCanvasAgg(figure)
-        figure.suptitle(textwrap.fill(_text(title), 130), fontsize=9, x=0.01, ha="left")
+        heading = textwrap.fill(_text(title), 130, max_lines=4, placeholder=" ...")
+        figure.suptitle(heading, fontsize=9, x=0.01, y=1 - 0.12 / (HEADER + PANEL * max(1, len(shown))), ha="left",
+                        va="top")
         grid = figure.subplots(max(1, len(shown)), 1, squeeze=False, sharex=True)
         for panel, axes in zip(shown or [Panel("no samples", None, 0)], grid[:, 0]):
             _draw(axes, panel, start)
         grid[-1, 0].set_xlabel("seconds since the first sample")
         height = HEADER + PANEL * max(1, len(shown))
-        figure.subplots_adjust(left=0.06, right=0.70, top=1 - 0.8 / height, bottom=0.55 / height, hspace=0.35)
+        lines = heading.count("\n") + 1  # the panel's own title under the verdict's lines
+        figure.subplots_adjust(left=0.06, right=0.70, top=1 - (0.45 + 0.16 * lines) / height, bottom=0.55 / height,
+                               hspace=0.35)
         out = io.BytesIO()
         metadata = {"Software": None} if kind == "png" else {"Creator": None} if kind == "svg" else {}
         figure.savefig(out, format=kind, metadata=metadata)
