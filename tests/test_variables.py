@@ -45,6 +45,10 @@ def test_fallbacks_and_wins_over_name_table_rows(variable: Variable):
 def test_keys_for_goes_library_then_api_then_threads(variable: Variable):
     keys = keys_for(variable)
     assert keys[0] == variable.library
+    if not variable.by_threads:
+        # A pool whose threads wait (Arrow's I/O pool): its own key alone.
+        assert keys == (variable.library,) and variable.library in CAP_KEYS
+        return
     assert keys[-1] == "threads"
     if variable.api is not None and variable.api != variable.library:
         assert keys == (variable.library, variable.api, "threads")
@@ -102,6 +106,11 @@ def test_mkl_wins_over_omp():
 def test_clamps_to_affinity_facts():
     assert by_name("OPENBLAS_NUM_THREADS").clamps_to_affinity is True
     assert by_name("OMP_NUM_THREADS").clamps_to_affinity is False
+
+
+def test_only_arrow_io_is_sized_by_its_own_key_alone():
+    assert [v.name for v in VARIABLES if not v.by_threads] == ["ARROW_IO_THREADS"]
+    assert by_name("ARROW_IO_THREADS").own == "fixed" and by_name("ARROW_IO_THREADS").own_limit == 8
 
 
 def test_loky_is_sized_by_workers_and_the_rest_by_threads():

@@ -55,6 +55,8 @@ class _OwnChoice:
         """(threads, why) the library starts with none of its variables set."""
         if variable.own == "one":
             return 1, "single-threaded unless asked"
+        if variable.own == "fixed" and variable.own_limit is not None:
+            return variable.own_limit, f"{variable.own_limit} threads, whatever the CPUs"
         if variable.own == "online":
             n, why = self.online, f"the {self.online} online CPUs, whatever its affinity mask"
         elif variable.own == "physical" and self.physical is not None:
@@ -402,6 +404,8 @@ def _caps_stage(
     for key in ("threads", *APIS):
         caps[key], why[key] = cap((key, "threads"))
     for variable in VARIABLES:
+        if not variable.by_threads and variable.library not in explicit:
+            continue  # only its own key sizes it (an I/O pool): no cap
         if variable.basis != "workers" and not variable.own.startswith("follows:"):
             caps[variable.library], why[variable.library] = cap(keys_for(variable))
     return CapsStage(workers, None if workers_value is None else workers_value[1], caps, why,
@@ -441,6 +445,14 @@ def _variables_stage(
         if variable.basis == "workers":
             asked = workers is not None
             value, reason = (workers, caps.workers_why or "") if workers else (count, f"the usable CPUs ({count})")
+        elif variable.library not in caps.caps:
+            # Not sized by threads, and its own key is not set: left as it is.
+            now, now_why = own.reads(variable, inherited_values, "inherited ")
+            label = variable.label or variable.library
+            left.append(EnvChange(variable.name, None if now is None else str(now),
+                                  f"left alone: {label} takes {now} ({now_why}); its threads wait rather than "
+                                  f"compute, so only `{variable.library}` sizes it, not `threads`"))
+            continue
         else:
             asked = any(key in caps.explicit for key in keys_for(variable))
             value, reason = caps.caps[variable.library], caps.why[variable.library]
@@ -724,7 +736,8 @@ def _check_env_value(name: str, setting: Setting, thread_variables: set[str]) ->
 def _narrower(key: str) -> list[str]:
     """Cap keys more specific than ``key``."""
     if key == "threads":
-        return [k for k in CAP_KEYS if k != "threads"]
+        # A key threads does not size (an I/O pool's) stays.
+        return [k for k in CAP_KEYS if k != "threads" and all(v.by_threads for v in VARIABLES if v.library == k)]
     return [v.library for v in VARIABLES if v.api == key and v.library != key]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tcap.cpuset import format_cpu_list
 from tcap.errors import printable as printable  # re-exported: commands print through it
@@ -59,7 +60,20 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
         lines.append(f"{change.name.ljust(width)}  {value:<6}  {why}")
     for note in plan.notes:
         lines.append(f"note: {note}")
+    lines += ["", *observed_lines()]
     return printable_lines(lines)
+
+
+def observed_lines() -> list[str]:
+    """The libraries whose pools no variable or API sizes (tcap._pools'
+    ``OBSERVED``), each with why: verified by watching busy threads."""
+    return [f"observed  {row.name}: {row.why}; verified by observation" for row in observed()]
+
+
+def observed() -> tuple[Any, ...]:
+    from tcap._pools import OBSERVED
+
+    return tuple(OBSERVED)
 
 
 def share_rule(plan: Plan) -> str:
@@ -77,6 +91,7 @@ def share_rule(plan: Plan) -> str:
 def plan_json(plan: Plan, environ: Mapping[str, str]) -> str:
     data = plan.to_data()
     data["share_rule"] = share_rule(plan)
+    data["observed"] = [{"module": row.module, "name": row.name, "why": row.why} for row in observed()]
     data["inherited_overrides"] = [
         {"name": name, "inherited": old, "value": new} for name, old, new in inherited_overrides(plan, environ)
     ]

@@ -40,7 +40,8 @@ class Variable:
     #: What the library picks when none of its variables is set: "affinity"
     #: (the CPUs in its affinity mask), "online" (every online CPU, whatever
     #: the mask), "physical" (the physical cores in the mask), "one" (a single
-    #: thread), or "follows:NAME" (this variable only sizes the pool NAME
+    #: thread), "fixed" (``own_limit`` threads, whatever the CPUs), or
+    #: "follows:NAME" (this variable only sizes the pool NAME
     #: sizes, and is set whenever NAME is).  tcap compares this with the cap
     #: and sets the variable only when the library would go over it.
     own: str = "affinity"
@@ -50,6 +51,11 @@ class Variable:
     quota_aware: bool = False
     #: How the library names itself in ``tcap show`` ("OpenMP", "numexpr").
     label: str = ""
+    #: False for a pool whose threads wait (on files, the network) rather
+    #: than compute: only its own key sizes it, when a profile sets that key;
+    #: ``threads``, the API keys and the default cap never do, since an I/O
+    #: pool held to a CPU cap could make the program slower than no tcap.
+    by_threads: bool = True
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -58,7 +64,9 @@ VARIABLES: tuple[Variable, ...] = (
         clamps_to_affinity=False,
         notes="Every OpenMP runtime (libgomp, libomp, Intel's libiomp). libgomp "
         "starts as many threads as asked even on fewer CPUs. An OpenBLAS "
-        "built with OpenMP reads only this variable.",
+        "built with OpenMP reads only this variable. Arrow's CPU pool sizes "
+        "itself from it too (lowered by OMP_THREAD_LIMIT), as do faiss, "
+        "LightGBM and XGBoost through their OpenMP.",
         label="OpenMP",
     ),
     Variable(
@@ -137,6 +145,25 @@ VARIABLES: tuple[Variable, ...] = (
         own="online", own_limit=8, label="Blosc",
     ),
     Variable(
+        "OPENCV_FOR_THREADS_NUM", "opencv", None,
+        clamps_to_affinity=False,
+        notes="OpenCV's parallel_for_ pool (pthreads in the opencv-python "
+        "wheels), read at cv2's first parallel call or getNumThreads(); "
+        "setNumThreads() changes it. The calling thread is one of its "
+        "threads. It starts as many as asked even on fewer CPUs; unset, the "
+        "CPUs in its affinity mask, not a cgroup quota.",
+        label="OpenCV",
+    ),
+    Variable(
+        "ARROW_IO_THREADS", "arrow_io", None,
+        by_threads=False,
+        notes="Arrow's I/O pool (pyarrow's file and dataset readers, pandas' "
+        "pyarrow engine): threads that wait rather than compute, so only an "
+        "explicit `arrow_io` sizes it, never `threads`. Its CPU pool follows "
+        "OMP_NUM_THREADS.",
+        own="fixed", own_limit=8, label="Arrow (I/O)",
+    ),
+    Variable(
         "LOKY_MAX_CPU_COUNT", "loky", None, basis="workers",
         notes="The CPU count joblib/loky uses for n_jobs=-1; tcap holds it to "
         "`workers`, or the usable CPUs when workers is not set.",
@@ -163,7 +190,10 @@ def by_name(name: str) -> Variable | None:
 
 
 def keys_for(variable: Variable) -> tuple[str, ...]:
-    """The profile keys that can size ``variable``, most specific first."""
+    """The profile keys that can size ``variable``, most specific first
+    (its own key alone when ``threads`` does not size it)."""
+    if not variable.by_threads:
+        return (variable.library,)
     keys = [variable.library]
     if variable.api is not None and variable.api != variable.library:
         keys.append(variable.api)
