@@ -65,7 +65,7 @@ def test_joblib_workers_at_the_parents_cap_are_over_the_launch_budget(iso: Isola
     assert budget["peak_pool_threads"] >= 4 and budget["processes_at_peak"] >= 2, budget
     assert budget["longest_over_seconds"] > budget["grace_seconds"]
     assert "over the launch budget (peak" in data["verdict"]
-    assert re.search(r"^tcap: launch budget: peak \d+ pool threads on 2 CPUs across \d+ busy processes, above "
+    assert re.search(r"^tcap: launch budget: peak \d+ busy threads on 2 CPUs across \d+ busy processes, above "
                      r"them for [\d.]+ s \(VIOLATION", result.stderr, re.M), result.stderr
     # Every process is within its own cap: only the launch as a whole is over.
     assert not data["violations"]

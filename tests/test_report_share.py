@@ -271,9 +271,10 @@ def test_the_budget_counts_a_records_pool_size_not_its_cap(tmp_path: Path) -> No
 
 
 #: A busy child that writes its own probe record (a pool of THREADS threads,
-#: cap 2, as sharing left it) and then works for about 5 s; its parent waits.
+#: cap 2, as sharing left it) and then works for about 5 s on THREADS threads
+#: (hashing, which releases the GIL); its parent waits.
 CHILD = """
-import json, os, sys, time
+import hashlib, json, os, sys, threading, time
 threads = int(sys.argv[1])
 share = {"cpus": 2, "now": threads, "low": threads, "high": 2, "changes": 2 - threads, "busy_peak": 2,
          "threads_peak": 1, "samples": [[time.time(), threads, 2]]}
@@ -282,9 +283,15 @@ record = {"pid": os.getpid(), "ppid": os.getppid(), "argv": [sys.executable, "ch
                      "cap": 2, "filepath": None}], "violations": [], "enforced": [], "hazards": [], "share": share}
 with open(os.path.join(os.environ["TCAP_REPORT_DIR"], f"{os.getpid()}.json"), "w") as f:
     json.dump(record, f)
-end = time.monotonic() + 5
-while time.monotonic() < end:
-    pass
+def work():
+    data, end = b"x" * (1 << 20), time.monotonic() + 5
+    while time.monotonic() < end:
+        hashlib.sha256(data).digest()
+workers = [threading.Thread(target=work) for _ in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
 """
 PARENT = """
 import subprocess, sys
@@ -299,8 +306,9 @@ sys.exit(max(child.wait() for child in children))
 def test_a_launch_sharing_kept_within_its_cpus_is_within_its_budget(iso: Isolated, threads: int,
                                                                    violated: bool) -> None:
     """Two busy processes on 2 CPUs whose records say their pools (cap 2)
-    run 1 thread each, as sharing left them: peak 2 pool threads, within the
-    budget. The same with 2 each: 4 on 2 CPUs, over it (the case can fail)."""
+    run 1 thread each, as sharing left them, and that run 1 busy thread
+    each: peak 2 busy threads, within the budget. The same with 2 each: 4
+    on 2 CPUs, over it (the case can fail)."""
     (iso.work / "child.py").write_text(CHILD)
     (iso.work / "parent.py").write_text(PARENT)
     result = iso.run("run", "--cpus", "first:2", "--report", "--report-json", "r.json", "--", PYTHON, "-I",
@@ -317,7 +325,7 @@ def test_a_launch_sharing_kept_within_its_cpus_is_within_its_budget(iso: Isolate
         assert "launch budget" not in data["verdict"], data["verdict"]
     children = [process for process in data["processes"] if process["argv"][-2:] == ["child.py", str(threads)]]
     assert len(children) == 2 and all(process["share"]["low"] == threads for process in children), children
-    assert re.search(rf"^tcap: launch budget: peak {2 * threads} pool threads on 2 CPUs .*"
+    assert re.search(rf"^tcap: launch budget: peak {2 * threads} busy threads on 2 CPUs .*"
                      rf"\(({'VIOLATION' if violated else 'ok'});", result.stderr, re.M), result.stderr
     share_cell = "1-2 (1x)" if threads == 1 else "2"
     assert all(re.search(rf"\s{re.escape(share_cell)}\s", row) for row in result.stderr.splitlines()

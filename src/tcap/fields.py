@@ -70,3 +70,14 @@ def get(data: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in data:
         raise Bad(f"{where}{key}: missing")
     return data[key]
+
+
+def texts(value: Any, where: str, most: int, longest: int, null: bool = False) -> list[str]:
+    """A list of at most ``most`` strings of at most ``longest`` characters each."""
+    found = items(value, where, null)
+    if len(found) > most:
+        raise Bad(f"{where}: {len(found)} items, more than the {most} tcap writes")
+    for index, item in enumerate(found):
+        if not isinstance(item, str) or len(item) > longest:
+            raise Bad(f"{where}[{index}]: expected a string of at most {longest} characters")
+    return list(found)

@@ -8,6 +8,12 @@ it is on the launch path of ``cpus = "auto:N"`` and ~3x cheaper than psutil
 for the report sampler, see docs/benchmarks.md), and psutil wherever
 ``/proc`` is not (macOS, the BSDs, Windows).  ``TCAP_PROCESS_FACTS=proc``
 or ``psutil`` selects one (the tests run both on the same trees).
+
+Per thread (:meth:`ProcBackend.threads`, for the report sampler's busy
+threads): on Linux how long each thread ran or waited to run
+(``/proc/PID/task/TID/schedstat``), elsewhere psutil's threads' CPU times
+(no waiting: a documented blind spot on a loaded machine); at most
+MOST_THREADS threads of one process are read at a sample.
 """
 
 from __future__ import annotations
@@ -23,6 +29,23 @@ if TYPE_CHECKING:
     Tree = dict[int, tuple[int, int, float, bytes]]
 
 
+#: The most threads of one process read at a sample (the first the kernel
+#: lists, in the order they were created): a process with more is counted
+#: from these, so that one with a huge number of threads cannot make a
+#: sample slow.
+MOST_THREADS = 4096
+
+
+def _read(path: str, size: int = 4096) -> bytes:
+    """The start of a /proc file (one read: the kernel makes these at once;
+    os.open is twice as fast as open() here); OSError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def proc_stat(pid: int) -> tuple[bytes, list[bytes]] | None:
     """(command name, the fields after it) of ``/proc/PID/stat``, or None if
     the process is gone. The name is in parentheses and may hold anything, so
@@ -30,8 +53,7 @@ def proc_stat(pid: int) -> tuple[bytes, list[bytes]] | None:
     ``fields[1]``, utime/stime ``fields[11:13]``, threads ``fields[17]``,
     start time ``fields[19]``."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        data = _read(f"/proc/{pid}/stat")
         end = data.rindex(b")")
         return data[data.index(b"(") + 1 : end], data[end + 2 :].split()
     except (OSError, ValueError):
@@ -45,27 +67,104 @@ class ProcBackend:
 
     def __init__(self) -> None:
         self.tick = os.sysconf("SC_CLK_TCK")
+        #: root -> {pid: start time} of its tree at the last full scan.
+        self.members: dict[int, dict[int, int]] = {}
+        #: How many thread files :meth:`threads` read (the tests see that
+        #: an idle process costs none).
+        self.thread_reads = 0
+        #: Whether the kernel has schedstat (CONFIG_SCHED_INFO); else each
+        #: thread's stat, without the time it waited.
+        self.schedstat = True
 
-    def tree(self, root: int) -> Tree:
-        """``root`` and its descendants: pid -> (ppid, threads, CPU seconds, name)."""
+    def tree(self, root: int, rescan: bool = True) -> Tree:
+        """``root`` and its descendants: pid -> (ppid, threads, CPU seconds,
+        name). ``rescan``: find them among every process of the machine (a
+        read of each one's stat); else read again the members the last scan
+        found (those still there and not a new process under a reused pid),
+        without the processes started since."""
+        known = self.members.get(root)
+        if not rescan and known is not None:
+            pids: list[int] = list(known)
+        else:
+            try:
+                pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+            except OSError:
+                return {}
+            known = None
         stats: Tree = {}
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return {}
-        for name in names:
-            if not name.isdigit():
-                continue
-            found = proc_stat(int(name))
+        starts: dict[int, int] = {}
+        for pid in pids:
+            found = proc_stat(pid)
             if found is None:
                 continue
             comm, fields = found
             try:
-                stats[int(name)] = (int(fields[1]), int(fields[17]), (int(fields[11]) + int(fields[12])) / self.tick,
-                                    comm)
+                start = int(fields[19])
+                if known is not None and known[pid] != start:
+                    continue  # another process under the pid since
+                stats[pid] = (int(fields[1]), int(fields[17]), (int(fields[11]) + int(fields[12])) / self.tick, comm)
+                starts[pid] = start
             except (ValueError, IndexError):
                 continue
-        return _descendants(stats, root)
+        if known is not None:
+            return stats
+        tree = _descendants(stats, root)
+        if tree:
+            self.members[root] = {pid: starts[pid] for pid in tree}
+        else:
+            self.members.pop(root, None)
+        return tree
+
+    def threads(self, pid: int, count: int = 0) -> dict[int, int] | None:
+        """tid -> nanoseconds each thread of ``pid`` has run or waited to run
+        (``/proc/PID/task/TID/schedstat``: the first two fields), for at
+        most MOST_THREADS of them; a thread gone meanwhile is left out. None
+        when its threads cannot be read (it is gone, or /proc hides it).
+        ``count``: its thread count, if known (psutil's backend uses it)."""
+        task = f"/proc/{pid}/task"
+        try:
+            tids = os.listdir(task)[:MOST_THREADS]
+        except OSError:
+            return None
+        out: dict[int, int] = {}
+        for name in tids:
+            self.thread_reads += 1
+            try:
+                if self.schedstat:
+                    fields = _read(f"{task}/{name}/schedstat", 128).split()
+                    out[int(name)] = int(fields[0]) + int(fields[1])
+                    continue
+                data = _read(f"{task}/{name}/stat")
+                fields = data[data.rindex(b")") + 2 :].split()
+                out[int(name)] = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // self.tick
+            except FileNotFoundError:
+                if self.schedstat and os.path.isdir(f"{task}/{name}"):  # a kernel without schedstat
+                    self.schedstat = False
+                    return self.threads(pid, count)
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def age(self, pid: int) -> float | None:
+        """Seconds since ``pid`` started (None: gone)."""
+        start = self.start_time(pid)
+        try:
+            uptime = float(_read("/proc/uptime", 64).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None if start is None else max(0.0, uptime - start / self.tick)
+
+    def thread_names(self, pid: int, tids: Iterable[int]) -> dict[int, str]:
+        """tid -> the OS name of each of ``tids`` (``comm``, printable, at most
+        16 characters) still there."""
+        out = {}
+        for tid in tids:
+            try:
+                raw = _read(f"/proc/{pid}/task/{tid}/comm", 64)
+            except OSError:
+                continue
+            out[tid] = "".join(c if c.isprintable() else "?" for c in raw.decode(errors="replace").strip())[:16]
+        return out
 
     def cmdline(self, pid: int) -> list[str]:
         try:
@@ -139,19 +238,26 @@ class PsutilBackend:
 
         self.psutil = psutil
         self.members: dict[int, list[Any]] = {}
+        #: pid -> its psutil.Process, as the last look-up found it.
+        self.processes: dict[int, Any] = {}
         self.calls = 0
+        self.thread_reads = 0
 
-    def tree(self, root: int) -> Tree:
+    def tree(self, root: int, rescan: bool | None = None) -> Tree:
+        """As :meth:`ProcBackend.tree`; ``rescan`` None: at every REFRESH-th call."""
         psutil = self.psutil
         self.calls += 1
         members = self.members.get(root)
-        if members is None or self.calls % self.REFRESH == 0:
+        if members is None or (self.calls % self.REFRESH == 0 if rescan is None else rescan):
             try:
                 top = psutil.Process(root)
                 members = self.members[root] = [top, *top.children(recursive=True)]
             except (psutil.Error, OSError):
                 self.members.pop(root, None)
                 return {}
+            self.processes.update((process.pid, process) for process in members)
+            if len(self.processes) > 4 * len(members) + 1024:
+                self.processes = {process.pid: process for process in members}
         stats = {}
         for process in members:
             try:
@@ -162,6 +268,39 @@ class PsutilBackend:
             except (psutil.Error, OSError):
                 continue
         return stats
+
+    def threads(self, pid: int, count: int = 0) -> dict[int, int] | None:
+        """tid -> nanoseconds of CPU time (user and system) of each thread of
+        ``pid``: psutil has no time waited for a CPU. None when they cannot be
+        read, or when ``count`` (its thread count) is over MOST_THREADS
+        (psutil reads them all)."""
+        psutil = self.psutil
+        if count > MOST_THREADS:
+            return None
+        process = self.processes.get(pid)
+        try:
+            if process is None:
+                process = self.processes[pid] = psutil.Process(pid)
+            found = process.threads()
+        except (psutil.Error, OSError):
+            return None
+        self.thread_reads += len(found)
+        return {thread.id: round((thread.user_time + thread.system_time) * 1e9) for thread in found[:MOST_THREADS]}
+
+    def thread_names(self, pid: int, tids: Iterable[int]) -> dict[int, str]:
+        """None known: psutil does not name threads."""
+        return {}
+
+    def age(self, pid: int) -> float | None:
+        """Seconds since ``pid`` started (None: gone)."""
+        import time
+
+        psutil = self.psutil
+        process = self.processes.get(pid)
+        try:
+            return max(0.0, time.time() - float((process or psutil.Process(pid)).create_time()))
+        except (psutil.Error, OSError):
+            return None
 
     def cmdline(self, pid: int) -> list[str]:
         psutil = self.psutil

@@ -28,8 +28,11 @@ from tcap.supervise import (
     SHARE_SAMPLES_REPORTED,
     STATUSES,
     Budget,
+    _busy,
+    _busy_samples,
     _enforced,
     _hazards,
+    _observed,
     _share,
     _violation,
     budget_text,
@@ -154,6 +157,9 @@ def _report_process(value: Any, where: str) -> dict[str, Any]:
         "hazards": _hazards(field("hazards"), at + "hazards"),
         "cpu_seconds": fields.number(field("cpu_seconds"), at + "cpu_seconds", 0, MAX_SECONDS, null=True),
         "share": _share(process.get("share"), at + "share", SHARE_SAMPLES_REPORTED),  # missing: an earlier tcap
+        "busy_threads": _busy(process.get("busy_threads"), at + "busy_threads"),  # missing: an earlier tcap too
+        "busy_samples": _busy_samples(process.get("busy_samples"), at + "busy_samples"),
+        "observed": _observed(process.get("observed"), at + "observed"),
     }
 
 

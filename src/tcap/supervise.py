@@ -55,17 +55,40 @@ REPEAT = 0.2
 PR_SET_PDEATHSIG = 1
 #: The report directories: tcap-report-<pid>-<start time>-<random>.
 REPORT_PREFIX = "tcap-report-"
-#: Seconds between two samples of the process tree.
-INTERVAL = 0.5
+#: Seconds between two samples of the process tree (psutil's backend, whose
+#: reads cost about three times as much: PSUTIL_INTERVAL); its members are
+#: looked up among every process of the machine every RESCAN seconds (in
+#: between, the members found are read again: a process started since is
+#: seen at the next look-up).
+INTERVAL = 0.25
+PSUTIL_INTERVAL = 0.5
+RESCAN = 0.5
 #: Width of the command column.
 COMMAND_WIDTH = 40
 #: A process counts toward the launch budget at a sample when it used at
 #: least this share of one CPU since the previous sample.
 BUSY = 0.2
-#: The launch is over its budget when the pool threads of its busy processes
-#: stay above its CPUs for longer than this many seconds (a pool starting up,
-#: or a parent collecting results while its workers finish, takes less).
-BUDGET_GRACE = 2.0
+#: A thread is busy over the interval between two samples when it ran or
+#: waited to run (psutil's backend: ran) for at least this share of it.
+BUSY_THREAD = 0.5
+#: The launch is over its budget when the busy threads of its tree stay
+#: above its CPUs for longer than this many seconds (a pool starting up, a
+#: parent collecting results while its workers finish, or sharing lowering
+#: the pools of workers that became busy together, takes less).
+BUDGET_GRACE = 0.7
+#: A process that started a program of its own (exec: its command line is
+#: not its parent's) counts toward the budget from this many seconds after
+#: it started, once it has used this many seconds of CPU time: interpreters
+#: started together import their modules at once (a pool's workers and its
+#: helpers, such as a resource tracker starved by the workers for seconds),
+#: and that start-up is no pool's doing. A fork of its parent (a fork pool's
+#: worker) has nothing to start and counts at once.
+BUDGET_START = 1.0
+BUDGET_START_CPU = 0.5
+#: The changes of a process's busy threads kept while it runs (beyond this,
+#: every other one is dropped) and in a report (thinned: :func:`thin`).
+BUSY_SAMPLES_KEPT = 1024
+BUSY_SAMPLES_REPORTED = 256
 
 
 def needed(recipe: Mapping[str, Any], options: Mapping[str, Any]) -> bool:
@@ -103,7 +126,7 @@ def supervise(
     report_dir = _report_dir()  # mode 0700, a new directory named after this tcap; dead ones swept
     try:
         env["TCAP_REPORT_DIR"] = report_dir
-        code, sampler = _run_child(found, argv, env, Sampler(0, report_dir, cpus))
+        code, sampler = _run_child(found, argv, env, Sampler(0, report_dir, cpus, observe=True))
         records = read_records(report_dir)
     finally:
         import shutil
@@ -360,7 +383,7 @@ def _run_child(found: str, argv: Sequence[str], env: dict[str, str], sampler: Sa
             code = child.poll()
             if code is not None:
                 break
-            info = signal.sigtimedwait(mask, INTERVAL)
+            info = signal.sigtimedwait(mask, sampler.interval)
             if info is None or info.si_signo == signal.SIGCHLD:
                 continue
             # In tcap's group, what the kernel sent (terminal keys) reached the child too.
@@ -405,7 +428,7 @@ def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampl
         while True:
             sampler.sample()
             try:
-                code = child.wait(timeout=INTERVAL)
+                code = child.wait(timeout=sampler.interval)
                 break
             except subprocess.TimeoutExpired:
                 continue
@@ -417,8 +440,8 @@ def _run_child_plain(found: str, argv: Sequence[str], env: dict[str, str], sampl
 
 
 class Budget:
-    """The launch's budget across its tree: at each sample, the pool threads
-    of its busy processes against its CPUs."""
+    """The launch's budget across its tree: at each sample, the busy
+    threads of its processes (Sampler) against its CPUs."""
 
     #: Samples kept for a merge of several launches (tcap report); beyond
     #: this, every other one is dropped (the resolution halves).
@@ -460,14 +483,29 @@ class Budget:
 class Sampler:
     """The child's process tree, sampled from /proc: per pid the command
     line, peak OS threads and CPU time; the peak of the tree's total; and
-    the launch budget (see ``budget_threads``).
+    the launch budget (the tree's busy threads against its CPUs).
 
     Through tcap.procfacts: on Linux one read of ``/proc/PID/stat`` per
     process on the machine gives the parent, thread count and CPU time at
     once (the command line is read once per new process); elsewhere psutil.
+
+    With ``observe`` (supervised runs), also each process's **busy
+    threads** at every sample: those that ran or waited to run for at least
+    BUSY_THREAD of the interval since the previous sample (psutil: ran),
+    and at least the CPUs it used over it, rounded (four threads taking
+    turns at the GIL count 1). Only a process that used CPU time since the
+    previous sample has its threads read: an idle one counts 0 and costs
+    nothing more (its threads' times have not moved since they were last
+    read, so that read is the baseline when it works again). Per process:
+    ``busy_threads`` {peak, mean}, the mean over the samples where it had
+    at least one busy thread (null: never counted), and ``busy_samples``,
+    [wall-clock ms, busy threads] where the count changed (0 when it went
+    idle or ended). The budget counts those; a busy process whose threads
+    cannot be read counts its records' largest pool (:meth:`budget_threads`).
     """
 
-    def __init__(self, root: int, report_dir: str | None = None, cpus: int | None = None) -> None:
+    def __init__(self, root: int, report_dir: str | None = None, cpus: int | None = None,
+                 observe: bool = False) -> None:
         self.root = root
         self.report_dir = report_dir
         self.budget = Budget(cpus)
@@ -480,31 +518,52 @@ class Sampler:
         from tcap.procfacts import backend
 
         self.facts = backend()
+        self.observe = observe
+        #: Seconds between samples (the supervisor waits this long).
+        self.interval = INTERVAL if self.facts.name == "proc" else PSUTIL_INTERVAL
+        #: When the tree was last looked up among every process, and last sampled (observe).
+        self.scanned: float | None = None
+        self.sampled: float | None = None
+        #: pid -> when it started (monotonic), from its first sample (observe).
+        self.started: dict[int, float] = {}
+        #: pid -> {tid: nanoseconds run or waited} when its threads were last read.
+        self.thread_times: dict[int, dict[int, int]] = {}
+        #: pid -> [samples with a busy thread, their busy threads] (observe).
+        self.busy_counts: dict[int, list[int]] = {}
+        #: The pids whose busy threads were not 0 at their last sample.
+        self.active: set[int] = set()
         #: The pids of the tree at the last sample.
         self.last: list[int] = []
         #: pid -> command name when last sampled: a change means an exec.
         self.names: dict[int, bytes] = {}
 
     def sample(self) -> None:
-        tree = self.facts.tree(self.root)
+        now = time.monotonic()
+        if self.observe and self.sampled is not None and now - self.sampled < 0.4 * self.interval:
+            return  # too soon after the last (a signal woke the supervisor): shares of a short interval are noise
+        if self.observe:
+            rescan = self.scanned is None or now - self.scanned >= RESCAN * 0.9
+            tree = self.facts.tree(self.root, rescan)
+            if rescan:
+                self.scanned = now
+        else:
+            tree = self.facts.tree(self.root)
         if not tree:
             return
+        self.sampled = now
+        wall = time.time()
         total = 0
         self.last = []
-        now = time.monotonic()
         demand = busy = 0
         previous, self.previous = self.previous, {}
         for pid, (_, threads, cpu, comm) in tree.items():
             self.last.append(pid)
             total += threads
             self.previous[pid] = (cpu, now)
-            if pid in previous and cpu - previous[pid][0] >= BUSY * (now - previous[pid][1]) > 0:
-                busy += 1
-                demand += self.budget_threads(pid)
             seen = self.processes.get(pid)
             if seen is None:
-                self.processes[pid] = {"argv": self.facts.cmdline(pid), "peak_os_threads": threads,
-                                       "cpu_seconds": round(cpu, 2)}
+                seen = self.processes[pid] = {"argv": self.facts.cmdline(pid), "peak_os_threads": threads,
+                                              "cpu_seconds": round(cpu, 2)}
                 self.names[pid] = comm
             else:
                 if self.names.get(pid) != comm:  # it exec'd since (a fork first seen before its exec)
@@ -512,8 +571,87 @@ class Sampler:
                     seen["argv"] = self.facts.cmdline(pid) or seen["argv"]
                 seen["peak_os_threads"] = max(seen["peak_os_threads"], threads)
                 seen["cpu_seconds"] = max(seen["cpu_seconds"], round(cpu, 2))
+            before = previous.get(pid)
+            if before is None:
+                if self.observe:
+                    self.started.setdefault(pid, now - (self.facts.age(pid) or 0.0))
+                    if cpu > 0:
+                        self.busy_threads(pid, 0.0, threads)  # the baseline of its next sample
+                continue
+            elapsed = now - before[1]
+            if elapsed <= 0:
+                continue
+            used = cpu - before[0]
+            counted = None
+            if self.observe and used <= 0:
+                counted = 0  # idle: none of its threads read
+                if pid in self.active:
+                    self._note_busy(seen, pid, 0, wall)
+            elif self.observe:
+                counted = self.busy_threads(pid, elapsed, threads)
+                if counted is not None:
+                    counted = max(counted, round(used / elapsed))
+                    self._note_busy(seen, pid, counted, wall)
+            if counted is None:  # not observed, or its threads cannot be read
+                if used >= BUSY * elapsed:
+                    busy += 1
+                    demand += self.budget_threads(pid)
+            elif counted and self._started(pid, tree[pid][0], cpu, now):
+                busy += 1
+                demand += counted
+        if self.observe:
+            for pid in [pid for pid in self.active if pid not in tree]:  # gone: back to 0
+                self._note_busy(self.processes[pid], pid, 0, wall)
+            if len(self.thread_times) > len(tree):
+                self.thread_times = {pid: times for pid, times in self.thread_times.items() if pid in tree}
+            if len(self.started) > len(tree):
+                self.started = {pid: when for pid, when in self.started.items() if pid in tree}
         self.peak_total = max(self.peak_total, total)
-        self.budget.add(now, demand, busy, time.time())
+        self.budget.add(now, demand, busy, wall)
+
+    def _started(self, pid: int, ppid: int, cpu: float, now: float) -> bool:
+        """Whether ``pid`` is past its start-up (BUDGET_START)."""
+        start = self.started.get(pid)
+        if start is None or (now - start >= BUDGET_START and cpu >= BUDGET_START_CPU):
+            return True
+        parent = self.processes.get(ppid)
+        return parent is not None and parent["argv"] == self.processes[pid]["argv"]  # a fork: nothing to start
+
+    def busy_threads(self, pid: int, elapsed: float, count: int = 0) -> int | None:
+        """The threads of ``pid`` that ran or waited to run for at least
+        BUSY_THREAD of ``elapsed`` seconds since they were last read (a
+        thread new since: over its life), their times kept for the next
+        time; None when they cannot be read. ``count``: its thread count."""
+        found = self.facts.threads(pid, count)
+        if found is None:
+            self.thread_times.pop(pid, None)
+            return None
+        before = self.thread_times.get(pid, {})
+        self.thread_times[pid] = found
+        least = BUSY_THREAD * elapsed * 1e9
+        return sum(1 for tid, spent in found.items() if spent - before.get(tid, 0) >= least) if elapsed > 0 else 0
+
+    def _note_busy(self, seen: dict[str, Any], pid: int, count: int, wall: float) -> None:
+        """One sample of ``pid``'s busy threads into its ``busy_threads`` and ``busy_samples``."""
+        counts = self.busy_counts.get(pid)
+        if counts is None:
+            counts = self.busy_counts[pid] = [0, 0]
+            seen["busy_threads"] = {"peak": 0, "mean": 0.0}
+            seen["busy_samples"] = []
+        if count:
+            counts[0] += 1
+            counts[1] += count
+            stats = seen["busy_threads"]
+            stats["peak"] = max(stats["peak"], count)
+            stats["mean"] = round(counts[1] / counts[0], 2)
+            self.active.add(pid)
+        else:
+            self.active.discard(pid)
+        samples = seen["busy_samples"]
+        if (samples[-1][1] if samples else 0) != count:
+            samples.append([round(wall * 1000), count])
+            if len(samples) > BUSY_SAMPLES_KEPT:
+                del samples[1:-1:2]  # every other one (the first and the last kept)
 
     def budget_threads(self, pid: int) -> int:
         """What a busy process can run at once: its largest pool at its probe's
@@ -636,6 +774,7 @@ def _record(data: Any) -> dict[str, Any]:
         "enforced": _enforced(record.get("enforced"), "enforced"),
         "hazards": _hazards(record.get("hazards"), "hazards"),
         "share": _share(record.get("share"), "share", SHARE_SAMPLES_KEPT),
+        "observed": _observed(record.get("observed"), "observed"),
     }
 
 
@@ -651,16 +790,79 @@ def _probe_pool(value: Any, where: str) -> dict[str, Any]:
     }
 
 
+#: An observed violation's lists (``busy threads``): at most this many OS
+#: thread names of at most this many characters, and library names.
+VIOLATION_NAMES = (8, 16)
+VIOLATION_LIBRARIES = (16, 64)
+#: The name of an observed violation (the probe's, tcap._observe).
+OBSERVED = "busy threads"
+
+
 def _violation(value: Any, where: str, name: str) -> dict[str, Any]:
     """A violation of a probe record (its pool's ``internal_api``) or of a
-    report (``name``)."""
+    report (``name``); an observed one (``busy threads``) may have how long
+    it lasted (``seconds``), the OS ``names`` of the busy threads and the
+    ``libraries`` with pools loaded, kept only where present."""
     item = fields.obj(value, where)
-    return {
+    out = {
         name: fields.text(item.get(name), f"{where}.{name}", null=True),
         "threads": fields.integer(item.get("threads"), f"{where}.threads", null=True),
         "cap": fields.integer(item.get("cap"), f"{where}.cap", null=True),
         "at": fields.number(item.get("at"), f"{where}.at", 0, MAX_SECONDS, null=True),
     }
+    if item.get("seconds") is not None:
+        out["seconds"] = fields.number(item["seconds"], f"{where}.seconds", 0, MAX_SECONDS)
+    for key, (most, longest) in (("names", VIOLATION_NAMES), ("libraries", VIOLATION_LIBRARIES)):
+        if item.get(key) is not None:
+            out[key] = fields.texts(item[key], f"{where}.{key}", most, longest)
+    return out
+
+
+#: The counts of a probe record's ``observed`` (its own busy threads), each
+#: with its lowest value; ``interval`` and ``mean`` are numbers, ``allowed``
+#: may be null.
+OBSERVED_COUNTS = (("samples", 0), ("peak", 0), ("peak_other", 0), ("python_peak", 0))
+
+
+def _observed(value: Any, where: str) -> dict[str, Any] | None:
+    """The ``observed`` of a probe record or of a report's process: null
+    (not sampled, or a record of an earlier tcap), or the interval of its
+    samples, their count, the most busy threads at once, their mean, the
+    most busy non-Python and Python threads, and what its caps allowed at
+    the peak."""
+    if value is None:
+        return None
+    observed = fields.obj(value, where)
+    at = f"{where}."
+    out: dict[str, Any] = {"interval": fields.number(fields.get(observed, "interval", at), at + "interval", 0, 3600)}
+    out.update((key, fields.integer(fields.get(observed, key, at), at + key, low)) for key, low in OBSERVED_COUNTS)
+    out["mean"] = fields.number(fields.get(observed, "mean", at), at + "mean", 0, MAX_COUNT)
+    out["allowed"] = fields.integer(fields.get(observed, "allowed", at), at + "allowed", null=True)
+    return out
+
+
+def _busy(value: Any, where: str) -> dict[str, Any] | None:
+    """``busy_threads`` of a report's process: null or {peak, mean}."""
+    if value is None:
+        return None
+    busy = fields.obj(value, where)
+    at = f"{where}."
+    return {"peak": fields.integer(fields.get(busy, "peak", at), at + "peak"),
+            "mean": fields.number(fields.get(busy, "mean", at), at + "mean", 0, MAX_COUNT)}
+
+
+def _busy_samples(value: Any, where: str) -> list[list[int]]:
+    """``busy_samples`` of a report's process: at most BUSY_SAMPLES_REPORTED
+    rows of [wall-clock milliseconds, busy threads]."""
+    rows = fields.items(value, where, null=True)
+    if len(rows) > BUSY_SAMPLES_REPORTED:
+        raise fields.Bad(f"{where}: {len(rows)} samples, more than the {BUSY_SAMPLES_REPORTED} tcap writes")
+    for index, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 2:
+            raise fields.Bad(f"{where}[{index}]: expected [time_ms, busy threads]")
+        fields.integer(row[0], f"{where}[{index}][0]", 0, MAX_MS)
+        fields.integer(row[1], f"{where}[{index}][1]")
+    return [list(row) for row in rows]
 
 
 def _enforced(value: Any, where: str) -> list[dict[str, Any]]:
@@ -819,9 +1021,13 @@ def merge(
             for pool in (record or {}).get("pools", ())
         ]
         violations = [
-            {"name": v["internal_api"], "threads": v["threads"], "cap": v["cap"], "at": v["at"]}
+            {"name": v["internal_api"], **{key: value for key, value in v.items() if key != "internal_api"}}
             for v in (record or {}).get("violations", ())
         ]
+        observed = (record or {}).get("observed")
+        busy = (seen or {}).get("busy_threads")
+        if busy is None and observed is not None:  # the supervisor counted none: what the probe saw
+            busy = {"peak": observed["peak"], "mean": round(observed["mean"], 2)}
         status = "unverified" if record is None else "VIOLATION" if violations else "ok"
         processes.append(
             {
@@ -838,6 +1044,9 @@ def merge(
                 "hazards": list((record or {}).get("hazards", ())),
                 "cpu_seconds": (seen or {}).get("cpu_seconds"),
                 "share": _reported_share((record or {}).get("share")),
+                "busy_threads": None if busy is None else dict(busy),
+                "busy_samples": thin((seen or {}).get("busy_samples") or [], BUSY_SAMPLES_REPORTED),
+                "observed": observed,
             }
         )
     return processes
@@ -875,8 +1084,7 @@ def summarize(
     noun = "process" if len(processes) == 1 else "processes"
     counts = f"{len(processes)} {noun}, {verified} verified, {unverified} unverified"
     if violations:
-        shown = ", ".join(f"{printable(v['name'])} {v['threads']} > {v['cap']} in pid {v['pid']}"
-                          for v in violations[:3])
+        shown = ", ".join(violation_text(v) for v in violations[:3])
         more = f", {len(violations) - 3} more" if len(violations) > 3 else ""
         plural = "s" if len(violations) != 1 else ""
         verdict = f"{counts}, {len(violations)} violation{plural} ({shown}{more})"
@@ -905,10 +1113,29 @@ def summarize(
     }
 
 
+def violation_text(violation: Mapping[str, Any]) -> str:
+    """"openblas 8 > 1 in pid 42"; an observed one with its libraries (else
+    its threads' OS names): "busy threads 3 > 1 in pid 42 (libgomp, lightgbm)"."""
+    text = f"{printable(violation['name'])} {violation['threads']} > {violation['cap']} in pid {violation['pid']}"
+    named = violation.get("libraries") or violation.get("names")
+    if named:
+        text += f" ({', '.join(printable(name) for name in named[:4])}{', ...' if len(named) > 4 else ''})"
+    return text
+
+
+def busy_text(process: Mapping[str, Any]) -> str:
+    """The BUSY cell: "3/1.9", the most busy threads at once and their mean
+    over the samples where it had any; "-" when never counted."""
+    busy = process.get("busy_threads")
+    if busy is None:
+        return "-"
+    return f"{busy['peak']}/{round(busy['mean'], 1):g}"
+
+
 def budget_text(budget: Mapping[str, Any]) -> str:
-    """"peak 4 pool threads on 2 CPUs across 2 busy processes, above them for 5.5 s"."""
+    """"peak 4 busy threads on 2 CPUs across 2 busy processes, above them for 5.5 s"."""
     noun = "process" if budget["processes_at_peak"] == 1 else "processes"
-    text = (f"peak {budget['peak_pool_threads']} pool threads on {budget['cpus']} CPUs across "
+    text = (f"peak {budget['peak_pool_threads']} busy threads on {budget['cpus']} CPUs across "
             f"{budget['processes_at_peak']} busy {noun}")
     if budget["longest_over_seconds"]:
         text += f", above them for {budget['longest_over_seconds']:g} s"
@@ -937,10 +1164,11 @@ def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str
     """The per-process table, each line after ``prefix`` (``tcap:`` on
     stderr, nothing on stdout); OTHER: the native threads no known pool and
     no Python thread accounts for; SHARE: the per-thread CPU share its probe
-    applied (:func:`share_text`). Every cell printable (:func:`_printable`)."""
+    applied (:func:`share_text`); BUSY: its busy threads, peak/mean
+    (:func:`busy_text`). Every cell printable (:func:`_printable`)."""
     ranked = any(process.get("rank") for process in processes)
-    rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "SHARE", "OS THREADS", "OTHER", "CPU s",
-                                    "STATUS")]
+    rows: list[tuple[str, ...]] = [("PID", "COMMAND", "POOLS (threads/cap)", "SHARE", "OS THREADS", "OTHER", "BUSY",
+                                    "CPU s", "STATUS")]
     for process in processes:
         command = printable(" ".join(str(process["command"]).split()))  # one line, whatever the argv holds
         if len(command) > COMMAND_WIDTH:
@@ -961,6 +1189,7 @@ def table(processes: Sequence[Mapping[str, Any]], prefix: str = "tcap: ") -> str
                 share_text(process.get("share")),
                 "?" if threads is None else str(threads),
                 "-" if process.get("unexplained_threads") is None else str(process["unexplained_threads"]),
+                busy_text(process),
                 "?" if cpu is None else f"{cpu:.2f}",
                 process["status"],
             )
