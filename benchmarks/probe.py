@@ -22,6 +22,12 @@ import sys, time
 probe = sys.modules["_tcap_probe"]
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Watcher"]
 import numpy, scipy.linalg, sklearn.utils._openmp_helpers, numexpr, numba, polars, numcodecs.blosc, blosc
+import pyarrow, cv2, onnxruntime, tokenizers, lightgbm, xgboost
+for optional in ("faiss", "jax"):  # not test dependencies: loaded where installed
+    try:
+        __import__(optional)
+    except ImportError:
+        pass
 start = time.perf_counter(); probe.check("bench"); first = time.perf_counter() - start
 later = []
 for _ in range(50):
@@ -210,7 +216,8 @@ def check_cost(python: str, tcap: str, runs: int) -> list[str]:
     return [
         "",
         f"**One check with every pool library loaded** ({pools} pools: numpy's and scipy's OpenBLAS, "
-        "scikit-learn's OpenMP, numexpr, Numba, Polars, numcodecs' and python-blosc's Blosc), timed inside the "
+        "scikit-learn's OpenMP, numexpr, Numba, Polars, numcodecs' and python-blosc's Blosc, Arrow, OpenCV, "
+        "tokenizers, faiss where installed; ONNX Runtime, LightGBM, XGBoost and JAX loaded too), timed inside the "
         f"process, {runs} processes (median of 50 checks each):",
         "",
         "| check | median ms (min–max) | target ms |",
