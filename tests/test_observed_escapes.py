@@ -37,8 +37,8 @@ ESCAPE = str(PROGRAMS / "escape.py")
 CLEAN = str(PROGRAMS / "clean.py")
 
 #: Seconds each escape computes with its 2 threads, and each clean program works.
-ESCAPE_SECONDS = "3"
-CLEAN_SECONDS = "1.5"
+ESCAPE_SECONDS = "2.5"
+CLEAN_SECONDS = "1.2"
 TIMEOUT = 150
 
 #: What may name each escape in a violation: observation ("busy threads") or
@@ -143,10 +143,22 @@ def assert_caught(result: subprocess.CompletedProcess, report: dict[str, Any], k
     assert any(v["pid"] == pid for v in report["violations"]), report["violations"]
     verdict = [line for line in tcap_lines(result.stderr) if line.startswith("tcap: verdict: ")]
     assert len(verdict) == 1 and f"in pid {pid}" in verdict[0] and "exit 86" in verdict[0], context
-    said = (json.dumps(found) + "\n" + "\n".join(tcap_lines(result.stderr))).lower()
+    # The report names the culprit: the pool's row, or the busy threads' OS
+    # names and the libraries loaded (the probe's own warning line aside).
+    said = (json.dumps(found) + "\n" + verdict[0]).lower()
     assert any(word in said for word in CULPRIT[kind]), (f"{kind}: no {CULPRIT[kind]} in", found, context)
+    row = [p for p in report["processes"] if p["pid"] == pid][0]
+    assert row["busy_threads"] and row["busy_threads"]["peak"] >= 2, (row.get("busy_threads"), context)
+    assert re.search(rf"^tcap: {pid} .* VIOLATION$", result.stderr, re.M), context  # the --report table's row
     for other in others:
         assert violations_of(report, other) == [], (other, report["processes"])
+
+
+def assert_held(result: subprocess.CompletedProcess, report: dict[str, Any], what: str) -> None:  # type: ignore[type-arg]
+    """A supervised run (with --report) found nothing: 0, no warning, no violation."""
+    context = (what, result.returncode, result.stderr)
+    assert result.returncode == 0 and report["violations"] == [] and not report["budget"]["violated"], context
+    assert not [line for line in tcap_lines(result.stderr) if line.startswith("tcap: warning")], context
 
 
 def assert_silent(result: subprocess.CompletedProcess, what: str) -> None:  # type: ignore[type-arg]
@@ -189,9 +201,10 @@ def test_faiss_with_its_openmp_raised_is_caught(sv: Isolated) -> None:
 #: Libraries whose team size tcap's variables may or may not hold, by version
 #: and machine: what each runs under --threads 1 is measured in the run.
 MAYBE_ESCAPES = {
-    # XGBoost >= 2 holds nthread to the calling thread's OpenMP setting
-    # (min(nthread, omp_get_max_threads())), so nthread=2 under OMP_NUM_THREADS=1
-    # computes on 1 thread (measured with 3.2.0); older versions ran 2.
+    # Recent XGBoost holds nthread to the calling thread's OpenMP setting
+    # (min(nthread, omp_get_max_threads()) in OmpGetNumThreads), so nthread=2
+    # under OMP_NUM_THREADS=1 computes on 1 thread (measured with 3.2.0);
+    # older versions took nthread as it was.
     "xgboost-nthread-2": (ESCAPE, "xgboost", "main"),
     # XLA's Eigen pool is sized from the CPUs: 3-4 busy threads on 2 CPUs
     # under --threads 1 (measured with jax 0.10), unless XLA_FLAGS hold it.
@@ -205,19 +218,17 @@ MAYBE_ESCAPES = {
 @pytest.mark.parametrize("name", list(MAYBE_ESCAPES))
 def test_a_pool_tcap_may_not_hold_is_caught_or_held(sv: Isolated, name: str) -> None:
     """Where the program measured 2 busy threads for seconds the run must
-    fail, named; where it measured 1 at most it must be silent."""
+    fail, named; where it measured 2 for less than the rule's half second in
+    all it must be silent (in between, either, but a failure named)."""
     program, kind, *where = MAYBE_ESCAPES[name]
     if kind == "jax":
         pytest.importorskip("jax", reason="jax is not installed")
     result, report = strict_run(sv, program, kind, *where, ESCAPE_SECONDS)
     seen = measured(result)
-    if seen["busy_peak"] <= 1:
-        context = (name, seen, result.returncode, result.stderr)
-        assert result.returncode == 0 and report["violations"] == [] and not report["budget"]["violated"], context
-        assert not [line for line in tcap_lines(result.stderr) if line.startswith("tcap: warning")], context
-    else:
-        assert_escaped(seen, name)
+    if seen["busy_seconds"] >= 1.5 or (seen["busy_seconds"] >= 0.5 and result.returncode != 0):
         assert_caught(result, report, kind, seen["pid"])
+    else:
+        assert_held(result, report, f"{name}, measured {seen}")
 
 
 # The escapes, in workers ----------------------------------------------------------------------------------------
@@ -242,23 +253,35 @@ def test_escape_in_a_process_is_caught_in_it(sv: Isolated, method: str) -> None:
     assert_caught(result, report, "cpool", seen["pid"], others=(seen["main"],))
 
 
-def test_fork_pool_of_two_blas_workers_is_over_the_launch_budget(sv: Isolated) -> None:
+@pytest.mark.parametrize("share", ["off", "busy"])
+def test_fork_pool_of_two_blas_workers_is_over_the_launch_budget(sv: Isolated, share: str) -> None:
     """Pool(2), each worker 2.5 s of matrix products on 2 BLAS threads (its
-    cap of 2): 4 threads on 2 CPUs.  Sharing off, so the probes leave the
-    pools as the program set them and the launch budget is what is judged."""
-    result, report = strict_run(sv, ESCAPE, "blas", "pool2-fork", "2.5", threads="2", extra=("--share", "off"))
-    seen = measured(result)
-    workers = seen["workers"]
+    cap of 2): 4 threads on 2 CPUs.  With sharing off the probes leave the
+    pools as the program set them, and the launch budget must fail the run
+    though each worker is within its own caps.  With sharing on the probes
+    bring each worker down to its share of 1 (measured: within about half a
+    second): then it must be silent, unless the workers still measured 2
+    busy threads for seconds, and then it must fail."""
+    result, report = strict_run(sv, ESCAPE, "blas", "pool2-fork", "2.5", threads="2", extra=("--share", share))
+    workers = measured(result)["workers"]
     assert len({w["pid"] for w in workers}) == 2, workers
-    for worker in workers:
-        assert worker["busy_peak"] >= 2 and worker["busy_seconds"] >= 1.5, workers
-    context = (result.returncode, result.stderr, report["budget"])
-    assert result.returncode == EXIT_VIOLATION, context
-    budget = report["budget"]
-    assert budget["violated"] is True and budget["cpus"] == 2 and budget["peak_pool_threads"] >= 4, context
+    escaped = all(w["busy_peak"] >= 2 and w["busy_seconds"] >= 1.5 for w in workers)
+    # Held: no worker ran 2 threads for longer than the budget's grace in all.
+    held = all(w["busy_seconds"] < report["budget"]["grace_seconds"] for w in workers)
+    context = (workers, result.returncode, result.stderr, report["budget"])
     assert report["violations"] == [], context  # each worker within its own caps: the launch is what is over
     line = [line for line in tcap_lines(result.stderr) if line.startswith("tcap: launch budget: ")]
-    assert len(line) == 1 and "VIOLATION" in line[0], context
+    assert len(line) == 1, context
+    if share == "off" or escaped:
+        assert escaped, context  # the workers really ran 2 threads each, at once
+        budget = report["budget"]
+        assert result.returncode == EXIT_VIOLATION, context
+        assert budget["violated"] is True and budget["cpus"] == 2 and budget["peak_pool_threads"] >= 4, context
+        assert "VIOLATION" in line[0], context
+    elif held:
+        assert result.returncode == 0 and not report["budget"]["violated"] and "(ok;" in line[0], context
+    else:  # sharing took a while: either, but the verdict agrees with the exit code
+        assert result.returncode in (0, EXIT_VIOLATION) and report["budget"]["violated"] == bool(result.returncode)
 
 
 # The clean side -------------------------------------------------------------------------------------------------
