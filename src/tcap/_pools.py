@@ -219,3 +219,8 @@ OBSERVED = (
 def loaded(modules):
     """The rows of POOLS whose library is in ``modules`` (``sys.modules``)."""
     return [pool for pool in POOLS if pool.module in modules]
+
+
+#: Cap keys of pools whose threads wait on I/O rather than compute: left out
+#: of the observed-parallelism rule's "largest thread cap".
+IO_KEYS = ("arrow_io",)

@@ -19,11 +19,13 @@ import os
 import sys
 import time
 
-# Top-level packages whose import means native thread pools may exist.
+# Top-level packages whose import means native thread pools may exist
+# (_ctypes: a C library loaded by the program itself may start a pool no
+# registry names, seen by observation).
 NUMERIC = frozenset(
     ("numpy", "scipy", "sklearn", "torch", "numexpr", "numba", "threadpoolctl", "mkl", "pandas", "polars",
      "tensorflow", "jax", "xgboost", "lightgbm", "cupy", "faiss", "numcodecs", "blosc", "zarr", "pyarrow", "cv2",
-     "onnxruntime", "tokenizers", "jaxlib")
+     "onnxruntime", "tokenizers", "jaxlib", "_ctypes")
 )
 # The pools threadpoolctl does not see are rows of tcap/_pools.py (loaded by
 # path at the first check): a library's row is found there, not here.
@@ -274,6 +276,15 @@ def _allowed(busy_python):
     return max(caps) * max(1, busy_python) + _state.get("uncapped", 0)
 
 
+def _allowance(python):
+    """"the 1 its caps allow: largest cap 1 x max(1, 0 busy Python threads)"."""
+    io = getattr(_pools_module(), "IO_KEYS", ())
+    largest = max(value for key, value in _state["caps"].items() if key not in io)
+    uncapped = _state.get("uncapped", 0)
+    return (f"the {_allowed(python)} its caps allow: largest cap {largest} x max(1, {python} busy Python "
+            f"thread{'' if python == 1 else 's'})" + (f" + {uncapped} of pools no cap applies to" if uncapped else ""))
+
+
 def _observed(finding):
     violation = _state.get("observed_violation")
     if violation is None:
@@ -311,8 +322,7 @@ def _observed(finding):
     names = ", ".join(violation["names"]) or "unnamed"
     sys.stderr.write(
         f"tcap: warning: {_who()}: {finding['threads']} threads busy at once for {finding['seconds']:g} s, "
-        f"more than its caps allow ({finding['cap']}: the largest cap for each of "
-        f"{_plural(max(1, python), 'busy Python thread')}); loaded: {loaded}; busy threads named {names}"
+        f"more than {_allowance(python)}; loaded: {loaded}; busy threads named {names}"
         + (f" [profile {profile}]" if profile else "") + "\n")
     if _state["mode"] == "enforce":
         sys.stderr.write(f"tcap: note: {_who()}: enforce cannot bring back threads no pool tcap reads "
