@@ -127,6 +127,7 @@ def supervise(
     try:
         env["TCAP_REPORT_DIR"] = report_dir
         code, sampler = _run_child(found, argv, env, Sampler(0, report_dir, cpus, observe=True))
+        sampler.finish()
         records = read_records(report_dir)
     finally:
         import shutil
@@ -608,6 +609,13 @@ class Sampler:
                 self.started = {pid: when for pid, when in self.started.items() if pid in tree}
         self.peak_total = max(self.peak_total, total)
         self.budget.add(now, demand, busy, wall)
+
+    def finish(self) -> None:
+        """The command has ended: the busy threads of every process still
+        counted go back to 0."""
+        wall = time.time()
+        for pid in list(self.active):
+            self._note_busy(self.processes[pid], pid, 0, wall)
 
     def _started(self, pid: int, ppid: int, cpu: float, now: float) -> bool:
         """Whether ``pid`` is past its start-up (BUDGET_START)."""
