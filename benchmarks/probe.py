@@ -90,6 +90,7 @@ def run(rounds: int) -> str:
         env = dict(os.environ, XDG_CACHE_HOME=os.path.join(home, "cache"), XDG_CONFIG_HOME=os.path.join(home, "cfg"))
         env.pop("PYTHONPATH", None)
         lines += share_cost(python, tcap, env, 5)
+        lines += observe_cost(python, tcap, env, 5)
     lines += [
         "",
         "The probe imports only the standard library at start (no numpy, no threadpoolctl), so what it "
@@ -192,6 +193,69 @@ def share_cost(python: str, tcap: str, env: dict[str, str], runs: int) -> list[s
         f"| 64-process launch, every thread, share off | {launch['off']:.2f} % of one core | |",
         f"| sharing's own cost (busy − off) | {launch['busy'] - launch['off']:.2f} % of one core "
         f"| ≤ 1 % ({verdict}) |",
+    ]
+
+
+#: One observation sample (probe._observe_tick: every thread's CPU clock,
+#: schedstat for those that ran) in a process of 64 threads, BUSY of them
+#: hashing without the GIL and the rest waiting, timed inside the process.
+OBSERVE_PROGRAM = """
+import hashlib, os, sys, threading, time
+import numpy
+probe = sys.modules["_tcap_probe"]
+busy = int(sys.argv[1])
+stop = threading.Event()
+def work():
+    data = os.urandom(1 << 16)
+    while not stop.is_set():
+        hashlib.sha256(data).digest()
+threads = [threading.Thread(target=work if i < busy else stop.wait, daemon=True) for i in range(63)]
+for t in threads:
+    t.start()
+while probe._state.get("observer") is None:
+    time.sleep(0.01)
+observer = probe._state["observer"]
+time.sleep(0.3)
+rounds = []
+for _ in range(7):
+    start = time.perf_counter()
+    for _ in range(50):
+        observer.last = (observer.last[0] - 0.25, observer.last[1])  # as if a tick had passed
+        probe._observe_tick(observer)
+    rounds.append((time.perf_counter() - start) / 50)
+count = len(os.listdir("/proc/self/task"))
+stop.set()
+print(sorted(rounds)[3], count)
+"""
+
+
+def observe_cost(python: str, tcap: str, env: dict[str, str], runs: int) -> list[str]:
+    """Observation's own cost: one sample of a 64-thread process, idle and busy."""
+    import subprocess
+
+    found: dict[int, list[float]] = {0: [], 2: []}
+    threads = 0
+    for busy in found:
+        for _ in range(runs):
+            out = subprocess.run([tcap, "run", "--threads", "64", "--", python, "-c", OBSERVE_PROGRAM, str(busy)],
+                                 env=env, capture_output=True, text=True, check=True, timeout=120).stdout.split()
+            found[busy].append(float(out[0]) * 1e6)
+            threads = int(out[1])
+    rows = []
+    for busy, ticks in found.items():
+        share = median(ticks) * 4 / 1e6 * 100  # 4 samples a second: % of one core
+        rows.append(f"| {threads} threads, {busy} of them busy | {median(ticks):.0f} µs ({min(ticks):.0f}–"
+                    f"{max(ticks):.0f}) | {share:.3f} % of one core |")
+    return [
+        "",
+        "**Observed parallelism** (docs/verification.md): one sample of the probe's own process — every "
+        "thread's CPU clock, schedstat for the threads that ran, the rule — timed inside a process of 64 "
+        f"threads ({runs} processes, median of 7 × 50 samples each; while the process works it samples "
+        "4 times a second, idle once a second):",
+        "",
+        "| process | one sample | at 4 samples a second |",
+        "|---|---:|---:|",
+        *rows,
     ]
 
 

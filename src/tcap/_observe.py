@@ -135,35 +135,40 @@ class Observer:
         except (OSError, ValueError):
             return None
         ignored = set(skip)
-        before, self.threads = self.threads, {}
+        before = self.threads
+        threads: dict[int, tuple[float, float | None]] = {}
+        self.threads = threads
         elapsed = now - last[0] if last is not None else 0.0
         busy_python = busy_other = 0
         other: list[int] = []
+        clock = time.clock_gettime  # the loop below runs for every thread: names bound once
+        wanted_of = _wanted_seconds
         for tid in tids:
             if tid in ignored:
                 continue
-            run = _run_seconds(tid)
-            if run is None:
-                continue
+            try:
+                run = clock(((~tid) << 3) | 6)  # thread_clock(tid)
+            except (OSError, OverflowError):
+                continue  # the thread ended
             previous = before.get(tid)
             if previous is None or elapsed <= 0:
-                self.threads[tid] = (run, _wanted_seconds(tid))
+                threads[tid] = (run, wanted_of(tid))
                 continue  # a thread's first sample: no baseline (a pool starting up is not judged)
             share = (run - previous[0]) / elapsed
+            if share < 0.02:
+                threads[tid] = (run, None)
+                continue
             # Run and wait times (schedstat) for a thread that ran at all: a
             # loaded machine may be keeping a busy thread waiting for a CPU.
-            wanted = _wanted_seconds(tid) if share >= 0.02 else None
-            self.threads[tid] = (run, wanted)
-            if share >= BUSY or share < 0.02:
-                busy = share >= BUSY
+            wanted = wanted_of(tid)
+            threads[tid] = (run, wanted)
+            if share < BUSY and (previous[1] is None or wanted is None or (wanted - previous[1]) / elapsed < BUSY):
+                continue
+            if tid in python:
+                busy_python += 1
             else:
-                busy = previous[1] is not None and wanted is not None and (wanted - previous[1]) / elapsed >= BUSY
-            if busy:
-                if tid in python:
-                    busy_python += 1
-                else:
-                    busy_other += 1
-                    other.append(tid)
+                busy_other += 1
+                other.append(tid)
         if last is None:
             return None
         self.idle = (cpu - last[1]) / elapsed < IDLE
