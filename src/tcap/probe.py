@@ -31,6 +31,10 @@ NUMERIC = frozenset(
 # path at the first check): a library's row is found there, not here.
 
 
+# Seconds after which a check looks for newly loaded native libraries even
+# if no module was imported (a library loaded through ctypes); an import
+# makes the next check look at once.
+RESCAN = 60.0
 # Seconds after the first numeric import (or after a fork) of each timer
 # check; afterwards every LAST seconds.
 SCHEDULE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -499,9 +503,11 @@ def _prepare():
     import ctypes  # noqa: F401  (for _on_main's pending call)
 
     modules = len(sys.modules)
-    if _state.get("controller") is None or _state.get("controller_modules") != modules:
+    if (_state.get("controller") is None or _state.get("controller_modules") != modules
+            or time.monotonic() - _state.get("controller_at", 0.0) > RESCAN):
         _state["controller"] = tpc.ThreadpoolController()
         _state["controller_modules"] = modules
+        _state["controller_at"] = time.monotonic()
 
 
 def _adjust(target, where="main"):
@@ -524,10 +530,12 @@ def _adjust(target, where="main"):
         setter = lib._real_set_num_threads if anywhere else lib.set_num_threads
         info = {"internal_api": lib.internal_api, "user_api": lib.user_api, "threading_layer": layer}
         pools.append(((lib.filepath, lib.internal_api), key, lib.num_threads, cap_for(info, caps), setter))
+    io = getattr(_pools_module(), "IO_KEYS", ())
     for pool in other_pools():
         # One process-wide size (numexpr, Blosc...) is set from any thread; a
         # size per calling thread (torch's, through OpenMP) on the main one.
-        if pool["_limit"] is not None and (not pool["_per_thread"]) == (where == "any"):
+        # Threads that wait on I/O (Arrow's) take no CPU to share.
+        if pool["_limit"] is not None and pool["user_api"] not in io and (not pool["_per_thread"]) == (where == "any"):
             module, limit = pool["_module"], pool["_limit"]
             pools.append(((pool["filepath"], pool["internal_api"]), pool["user_api"], pool["num_threads"],
                           caps.get(pool["user_api"]), lambda n, m=module, f=limit: f(m, n)))
@@ -719,7 +727,8 @@ def _check(reason):
     if os.getpid() != _state.get("pid"):
         _reset_process()
     tpc = _threadpoolctl()
-    info = tpc.threadpool_info() + other_pools()
+    _prepare()  # the libraries found at the last scan, scanned again after an import or RESCAN seconds
+    info = _state["controller"].info() + other_pools()
     _as_main_sees(info)
     _state["libraries"] = [pool.get("prefix") for pool in info if "_module" not in pool and pool.get("prefix")]
     _state["uncapped"] = sum(pool.get("num_threads") or 0 for pool in info if "_module" in pool
