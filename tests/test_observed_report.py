@@ -125,7 +125,7 @@ def test_a_fork_pool_of_two_blas_threads_each_is_over_the_budget_under_strict(is
     assert budget["longest_over_seconds"] > budget["grace_seconds"] == supervise.BUDGET_GRACE, budget
     assert data["violations"] == [], data["violations"]  # each worker within its caps
     workers = [int(pid) for pid in result.stdout.split()]
-    for pid in workers:
+    for pid in workers if os.environ.get("TCAP_PROCESS_FACTS") != "psutil" else ():  # psutil: no time waited
         [process] = [p for p in data["processes"] if p["pid"] == pid]
         assert process["busy_threads"]["peak"] >= 2, process  # (3 when the probe's own check waited for a CPU)
     assert re.search(r"^tcap: verdict: .*over the launch budget \(peak \d+ busy threads on 2 CPUs.*; exit 86 "

@@ -122,27 +122,44 @@ class ProcBackend:
         when its threads cannot be read (it is gone, or /proc hides it).
         ``count``: its thread count, if known (psutil's backend uses it)."""
         task = f"/proc/{pid}/task"
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
         try:
-            tids = os.listdir(task)[:MOST_THREADS]
+            directory = os.open(task, flags | getattr(os, "O_DIRECTORY", 0))
         except OSError:
             return None
         out: dict[int, int] = {}
-        for name in tids:
-            self.thread_reads += 1
-            try:
-                if self.schedstat:
-                    fields = _read(f"{task}/{name}/schedstat", 128).split()
-                    out[int(name)] = int(fields[0]) + int(fields[1])
+        try:
+            tids = os.listdir(directory)[:MOST_THREADS]
+            for name in tids:
+                self.thread_reads += 1
+                try:  # relative to the directory's descriptor: the kernel looks up the thread only
+                    fd = os.open(f"{name}/schedstat" if self.schedstat else f"{name}/stat", flags, dir_fd=directory)
+                except FileNotFoundError:
+                    if self.schedstat and os.path.isdir(f"{task}/{name}"):  # a kernel without schedstat
+                        self.schedstat = False
+                        return self.threads(pid, count)
                     continue
-                data = _read(f"{task}/{name}/stat")
-                fields = data[data.rindex(b")") + 2 :].split()
-                out[int(name)] = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // self.tick
-            except FileNotFoundError:
-                if self.schedstat and os.path.isdir(f"{task}/{name}"):  # a kernel without schedstat
-                    self.schedstat = False
-                    return self.threads(pid, count)
-            except (OSError, ValueError, IndexError):
-                continue
+                except OSError:
+                    continue
+                try:
+                    data = os.read(fd, 128 if self.schedstat else 4096)
+                except OSError:  # the thread ended meanwhile
+                    continue
+                finally:
+                    os.close(fd)
+                try:
+                    if self.schedstat:
+                        fields = data.split()
+                        out[int(name)] = int(fields[0]) + int(fields[1])
+                    else:
+                        fields = data[data.rindex(b")") + 2 :].split()
+                        out[int(name)] = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // self.tick
+                except (ValueError, IndexError):
+                    continue
+        except OSError:
+            return None
+        finally:
+            os.close(directory)
         return out
 
     def age(self, pid: int) -> float | None:
@@ -230,7 +247,9 @@ class PsutilBackend:
     name = "psutil"
 
     #: The tree's members are looked up (a scan of every process's parent)
-    #: at every REFRESH-th call; in between, the known members are read again.
+    #: at every REFRESH-th call; in between, the known members are read again,
+    #: and the thread count only of those whose CPU time moved (else the
+    #: count they had: reading it is half of a process's cost on Linux).
     REFRESH = 2
 
     def __init__(self) -> None:
@@ -242,13 +261,16 @@ class PsutilBackend:
         self.processes: dict[int, Any] = {}
         self.calls = 0
         self.thread_reads = 0
+        #: pid -> (CPU seconds, threads) at its last read.
+        self.counts: dict[int, tuple[float, int]] = {}
 
     def tree(self, root: int, rescan: bool | None = None) -> Tree:
         """As :meth:`ProcBackend.tree`; ``rescan`` None: at every REFRESH-th call."""
         psutil = self.psutil
         self.calls += 1
         members = self.members.get(root)
-        if members is None or (self.calls % self.REFRESH == 0 if rescan is None else rescan):
+        scan = members is None or (self.calls % self.REFRESH == 0 if rescan is None else rescan)
+        if scan:
             try:
                 top = psutil.Process(root)
                 members = self.members[root] = [top, *top.children(recursive=True)]
@@ -259,14 +281,20 @@ class PsutilBackend:
             if len(self.processes) > 4 * len(members) + 1024:
                 self.processes = {process.pid: process for process in members}
         stats = {}
-        for process in members:
+        counts = self.counts
+        for process in members or ():
             try:
                 with process.oneshot():
                     times = process.cpu_times()
-                    stats[process.pid] = (process.ppid(), process.num_threads(), times.user + times.system,
-                                          process.name().encode(errors="replace")[:15])
+                    cpu = times.user + times.system
+                    last = counts.get(process.pid)
+                    threads = last[1] if not scan and last is not None and last[0] == cpu else process.num_threads()
+                    stats[process.pid] = (process.ppid(), threads, cpu, process.name().encode(errors="replace")[:15])
+                    counts[process.pid] = (cpu, threads)
             except (psutil.Error, OSError):
                 continue
+        if scan and len(counts) > 2 * len(stats) + 1024:
+            self.counts = {pid: counts[pid] for pid in stats}
         return stats
 
     def threads(self, pid: int, count: int = 0) -> dict[int, int] | None:

@@ -57,12 +57,13 @@ PR_SET_PDEATHSIG = 1
 REPORT_PREFIX = "tcap-report-"
 #: Seconds between two samples of the process tree (psutil's backend, whose
 #: reads cost about three times as much: PSUTIL_INTERVAL); its members are
-#: looked up among every process of the machine every RESCAN seconds (in
-#: between, the members found are read again: a process started since is
-#: seen at the next look-up).
+#: looked up among every process of the machine every RESCAN seconds
+#: (psutil's: PSUTIL_RESCAN; in between, the members found are read again:
+#: a process started since is seen at the next look-up).
 INTERVAL = 0.25
 PSUTIL_INTERVAL = 0.5
 RESCAN = 0.5
+PSUTIL_RESCAN = 1.0
 #: Width of the command column.
 COMMAND_WIDTH = 40
 #: A process counts toward the launch budget at a sample when it used at
@@ -77,12 +78,13 @@ BUSY_THREAD = 0.5
 #: the pools of workers that became busy together, takes less).
 BUDGET_GRACE = 0.7
 #: A process that started a program of its own (exec: its command line is
-#: not its parent's) counts toward the budget from this many seconds after
-#: it started, once it has used this many seconds of CPU time: interpreters
-#: started together import their modules at once (a pool's workers and its
-#: helpers, such as a resource tracker starved by the workers for seconds),
-#: and that start-up is no pool's doing. A fork of its parent (a fork pool's
-#: worker) has nothing to start and counts at once.
+#: not its parent's) counts one busy thread less toward the budget until
+#: this many seconds after it started and it has used this many seconds of
+#: CPU time: interpreters started together import their modules at once (a
+#: pool's workers and its helpers, such as a resource tracker starved by the
+#: workers for seconds), one thread each, and that start-up is no pool's
+#: doing (threads beyond the one are). A fork of its parent (a fork pool's
+#: worker) has nothing to start and counts in full at once.
 BUDGET_START = 1.0
 BUDGET_START_CPU = 0.5
 #: The changes of a process's busy threads kept while it runs (beyond this,
@@ -501,8 +503,11 @@ class Sampler:
     ``busy_threads`` {peak, mean}, the mean over the samples where it had
     at least one busy thread (null: never counted), and ``busy_samples``,
     [wall-clock ms, busy threads] where the count changed (0 when it went
-    idle or ended). The budget counts those; a busy process whose threads
-    cannot be read counts its records' largest pool (:meth:`budget_threads`).
+    idle or ended). The budget counts those (less the one thread of an
+    exec'd process's start-up: BUDGET_START); a busy process whose threads
+    cannot be read counts its records' largest pool (:meth:`budget_threads`),
+    and so does one psutil counts fewer busy threads for (psutil sees no
+    time waited: 4 threads sharing 2 CPUs run half the time each).
     """
 
     def __init__(self, root: int, report_dir: str | None = None, cpus: int | None = None,
@@ -522,9 +527,14 @@ class Sampler:
         self.observe = observe
         #: Seconds between samples (the supervisor waits this long).
         self.interval = INTERVAL if self.facts.name == "proc" else PSUTIL_INTERVAL
+        self.rescan = RESCAN if self.facts.name == "proc" else PSUTIL_RESCAN
+        #: Whether the backend sees the time a thread waited for a CPU (/proc's
+        #: schedstat); without it the budget also counts the records' pools.
+        self.waits = self.facts.name == "proc"
         #: When the tree was last looked up among every process, and last sampled (observe).
         self.scanned: float | None = None
         self.sampled: float | None = None
+        self.scans = 0
         #: pid -> when it started (monotonic), from its first sample (observe).
         self.started: dict[int, float] = {}
         #: pid -> {tid: nanoseconds run or waited} when its threads were last read.
@@ -543,10 +553,12 @@ class Sampler:
         if self.observe and self.sampled is not None and now - self.sampled < 0.4 * self.interval:
             return  # too soon after the last (a signal woke the supervisor): shares of a short interval are noise
         if self.observe:
-            rescan = self.scanned is None or now - self.scanned >= RESCAN * 0.9
+            # The first two samples look the tree up (it grows fastest as the command starts), then every RESCAN.
+            rescan = self.scans < 2 or self.scanned is None or now - self.scanned >= self.rescan * 0.9
             tree = self.facts.tree(self.root, rescan)
             if rescan:
                 self.scanned = now
+                self.scans += 1
         else:
             tree = self.facts.tree(self.root)
         if not tree:
@@ -597,9 +609,15 @@ class Sampler:
                 if used >= BUSY * elapsed:
                     busy += 1
                     demand += self.budget_threads(pid)
-            elif counted and self._started(pid, tree[pid][0], cpu, now):
-                busy += 1
-                demand += counted
+            else:
+                if not self.waits and used >= BUSY * elapsed:
+                    # psutil sees no time waited: over the CPUs, threads that share them look idle.
+                    counted = max(counted, self.budget_threads(pid))
+                if not self._started(pid, tree[pid][0], cpu, now):
+                    counted -= 1  # its start-up: one thread imports; any more are a pool at work
+                if counted > 0:
+                    busy += 1
+                    demand += counted
         if self.observe:
             for pid in [pid for pid in self.active if pid not in tree]:  # gone: back to 0
                 self._note_busy(self.processes[pid], pid, 0, wall)
@@ -988,7 +1006,7 @@ def share_line(share: Mapping[str, Any]) -> str:
         (first, count), *rest = share["launches"].items()
         mode = ", ".join([f"{first} in {count} launch{'es' if count != 1 else ''}",
                           *(f"{name} in {number}" for name, number in rest)])
-    cpus = f", {share['cpus']} CPUs" if share["cpus"] else ""
+    cpus = f", {share['cpus']} CPU{'s' if share['cpus'] != 1 else ''}" if share["cpus"] else ""
     peak = share["busy_peak"]
     if not peak:
         return f"sharing: {mode}{cpus}; no busy process seen"
