@@ -10,7 +10,15 @@ import subprocess
 import sys
 import time
 
-from tcap.supervise import INTERVAL, PSUTIL_INTERVAL, PSUTIL_RESCAN, RESCAN, Sampler
+from tcap.supervise import (
+    INTERVAL,
+    PSUTIL_INTERVAL,
+    PSUTIL_RESCAN,
+    PSUTIL_THREAD_READS,
+    RESCAN,
+    THREAD_READS,
+    Sampler,
+)
 
 #: Target: the sampler's CPU time as a share of one core, in percent.
 TARGET = 2.0
@@ -55,6 +63,8 @@ def _sampler(root: int, backend: str) -> Sampler:
     sampler.facts = ProcBackend() if backend == "proc" else PsutilBackend()
     sampler.interval = INTERVAL if backend == "proc" else PSUTIL_INTERVAL
     sampler.rescan = RESCAN if backend == "proc" else PSUTIL_RESCAN
+    sampler.reads = THREAD_READS if backend == "proc" else PSUTIL_THREAD_READS
+    sampler.waits = backend == "proc"
     return sampler
 
 
@@ -109,7 +119,7 @@ def _one_tree(kind: str, seconds: float) -> tuple[list[str], int]:
                 sampler.facts.thread_reads = 0
             time.sleep(INTERVAL)
             costs = _measure(samplers, seconds, forced)
-            rows += _rows(kind + (", every thread read at every sample" if forced else ""), samplers, costs)
+            rows += _rows(kind + (", every process taken for busy" if forced else ""), samplers, costs)
     finally:
         os.killpg(root.pid, 9)
         root.wait()
@@ -150,8 +160,10 @@ def run(seconds: float) -> str:
         f"and its forks, at nice 19 so that the measuring process is not starved) each spinning on {SPINNERS} "
         "threads besides its main one: on a machine of few CPUs each gets a small share, its CPU clock (in "
         "10 ms ticks) moves at some samples only, and its threads are read at those; so the busy tree is "
-        "measured again with every process taken for one that used CPU, every thread of the tree read at "
-        "every sample (the worst case). Finding the tree's members means reading every "
+        "measured again with every process taken for one that used CPU at every sample (the worst case: "
+        f"the {SIZE * (SPINNERS + 1)} threads of the tree are more than the {THREAD_READS} a sample reads, "
+        f"{PSUTIL_THREAD_READS} with psutil, so the busy processes take turns, those read longest ago first, "
+        "and the others hold their last count). Finding the tree's members means reading every "
         f"process's parent, so the machine's process count matters too: that look-up runs every {RESCAN:g} s "
         f"(psutil's: {PSUTIL_RESCAN:g} s), and in between the members found are read again (so the samples "
         "come in two sizes and only the mean says what it costs per second). The share of one core "

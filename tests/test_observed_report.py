@@ -243,6 +243,39 @@ def test_the_threads_read_of_one_process_are_bounded(monkeypatch: pytest.MonkeyP
     assert facts.threads(many.pid) is None  # gone: None, no error
 
 
+def test_busy_processes_take_turns_beyond_the_reads_of_a_sample() -> None:
+    """Three busy processes of 16 threads each, at most 20 threads read a
+    sample: one process read at each (the one read longest ago), the others
+    holding their count; every process read within three samples."""
+    code = ("import threading, time\n"
+            "for _ in range(15):\n"
+            "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "end = time.time() + 30\n"
+            "while time.time() < end: pass")
+    tree = tree_of(" ".join([f"{sys.executable} -c '{code}' &"] * 3) + " wait")
+    try:
+        sampler = sampler_on(tree.pid, "proc")
+        sampler.reads = 20
+        deadline = time.monotonic() + 20
+        while sorted(count for _, count, _, _ in sampler.facts.tree(tree.pid).values()) != [1, 16, 16, 16]:
+            assert time.monotonic() < deadline, "the tree did not start"
+            time.sleep(0.05)
+        sampler.sample()
+        workers = [pid for pid in sampler.processes if pid != tree.pid]
+        read: dict[int, list[float]] = {pid: [] for pid in workers}
+        for _ in range(6):
+            time.sleep(sampler.interval)
+            before = sampler.facts.thread_reads
+            sampler.sample()
+            assert sampler.facts.thread_reads - before == 16, sampler.facts.thread_reads - before
+            for pid in workers:
+                read[pid].append(sampler.thread_times[pid][0])
+        assert all(len(set(times)) >= 2 for times in read.values()), read  # each read at least twice
+        assert all(sampler.processes[pid]["busy_threads"]["peak"] == 1 for pid in workers), sampler.processes
+    finally:
+        stop(tree)
+
+
 def test_thread_names_are_printable() -> None:
     """The OS names of a process's threads (comm), as a program set them:
     printable, at most 16 characters."""

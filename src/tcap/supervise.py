@@ -21,6 +21,7 @@ process group, and is not sent a second time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import stat
@@ -87,6 +88,12 @@ BUDGET_GRACE = 0.7
 #: worker) has nothing to start and counts in full at once.
 BUDGET_START = 1.0
 BUDGET_START_CPU = 0.5
+#: The most threads read at one sample (psutil's backend: its own): beyond,
+#: the busy processes take turns, those read longest ago first, and the
+#: others hold their last count (a tree of 64 busy processes of 4 threads
+#: each has each process read every other sample).
+THREAD_READS = 128
+PSUTIL_THREAD_READS = 64
 #: The changes of a process's busy threads kept while it runs (beyond this,
 #: every other one is dropped) and in a report (thinned: :func:`thin`).
 BUSY_SAMPLES_KEPT = 1024
@@ -499,7 +506,8 @@ class Sampler:
     turns at the GIL count 1). Only a process that used CPU time since the
     previous sample has its threads read: an idle one counts 0 and costs
     nothing more (its threads' times have not moved since they were last
-    read, so that read is the baseline when it works again). Per process:
+    read, so that read is the baseline when it works again), and at most
+    THREAD_READS threads a sample (beyond, busy processes take turns). Per process:
     ``busy_threads`` {peak, mean}, the mean over the samples where it had
     at least one busy thread (null: never counted), and ``busy_samples``,
     [wall-clock ms, busy threads] where the count changed (0 when it went
@@ -537,8 +545,12 @@ class Sampler:
         self.scans = 0
         #: pid -> when it started (monotonic), from its first sample (observe).
         self.started: dict[int, float] = {}
-        #: pid -> {tid: nanoseconds run or waited} when its threads were last read.
-        self.thread_times: dict[int, dict[int, int]] = {}
+        #: pid -> (when, {tid: nanoseconds run or waited}): its threads' times
+        #: at their last read, still so at ``when`` (it used no CPU since).
+        self.thread_times: dict[int, tuple[float, dict[int, int]]] = {}
+        #: pid -> its busy threads at its last read; the most threads read at a sample.
+        self.held: dict[int, int] = {}
+        self.reads = THREAD_READS if self.facts.name == "proc" else PSUTIL_THREAD_READS
         #: pid -> [samples with a busy thread, their busy threads] (observe).
         self.busy_counts: dict[int, list[int]] = {}
         #: The pids whose busy threads were not 0 at their last sample.
@@ -569,6 +581,7 @@ class Sampler:
         self.last = []
         demand = busy = 0
         previous, self.previous = self.previous, {}
+        work = []
         for pid, (_, threads, cpu, comm) in tree.items():
             self.last.append(pid)
             total += threads
@@ -589,22 +602,30 @@ class Sampler:
                 if self.observe:
                     self.started.setdefault(pid, now - (self.facts.age(pid) or 0.0))
                     if cpu > 0:
-                        self.busy_threads(pid, 0.0, threads)  # the baseline of its next sample
+                        self.busy_threads(pid, now, threads)  # the baseline of its next sample
+                    else:
+                        self.thread_times[pid] = (now, {})  # no CPU time yet: every thread's times are 0
                 continue
-            elapsed = now - before[1]
-            if elapsed <= 0:
-                continue
-            used = cpu - before[0]
+            if now - before[1] > 0:
+                work.append((pid, seen, threads, cpu, cpu - before[0], now - before[1]))
+        chosen = self._to_read(work) if self.observe else set()
+        for pid, seen, threads, cpu, used, elapsed in work:
             counted = None
             if self.observe and used <= 0:
-                counted = 0  # idle: none of its threads read
+                counted = 0  # idle: none of its threads read (their times stand: still its baseline)
+                known = self.thread_times.get(pid)
+                if known is not None:
+                    self.thread_times[pid] = (now, known[1])
                 if pid in self.active:
                     self._note_busy(seen, pid, 0, wall)
-            elif self.observe:
-                counted = self.busy_threads(pid, elapsed, threads)
+            elif self.observe and pid in chosen:
+                counted = self.busy_threads(pid, now, threads, now - elapsed)
                 if counted is not None:
-                    counted = max(counted, round(used / elapsed))
+                    counted = self.held[pid] = max(counted, round(used / elapsed))
                     self._note_busy(seen, pid, counted, wall)
+            elif self.observe:  # its turn is at a later sample (THREAD_READS): what it ran at its last
+                counted = self.held.get(pid) or max(1, round(used / elapsed))
+                self._note_busy(seen, pid, counted, wall)
             if counted is None:  # not observed, or its threads cannot be read
                 if used >= BUSY * elapsed:
                     busy += 1
@@ -623,6 +644,8 @@ class Sampler:
                 self._note_busy(self.processes[pid], pid, 0, wall)
             if len(self.thread_times) > len(tree):
                 self.thread_times = {pid: times for pid, times in self.thread_times.items() if pid in tree}
+            if len(self.held) > len(tree):
+                self.held = {pid: count for pid, count in self.held.items() if pid in tree}
             if len(self.started) > len(tree):
                 self.started = {pid: when for pid, when in self.started.items() if pid in tree}
         self.peak_total = max(self.peak_total, total)
@@ -643,19 +666,41 @@ class Sampler:
         parent = self.processes.get(ppid)
         return parent is not None and parent["argv"] == self.processes[pid]["argv"]  # a fork: nothing to start
 
-    def busy_threads(self, pid: int, elapsed: float, count: int = 0) -> int | None:
+    def _to_read(self, work: Sequence[tuple[Any, ...]]) -> set[int]:
+        """The processes of ``work`` that used CPU whose threads are read at
+        this sample: those read longest ago first, up to ``reads`` threads
+        in all (at least one process); the others hold their last count."""
+        wanted = [(pid, threads) for pid, _, threads, _, used, _ in work if used > 0]
+        if sum(threads for _, threads in wanted) <= self.reads:
+            return {pid for pid, _ in wanted}
+        known = self.thread_times
+        wanted.sort(key=lambda item: known[item[0]][0] if item[0] in known else -math.inf)
+        chosen: set[int] = set()
+        left = self.reads
+        for pid, threads in wanted:
+            if chosen and threads > left:
+                continue
+            chosen.add(pid)
+            left -= threads
+        return chosen
+
+    def busy_threads(self, pid: int, now: float, count: int = 0, since: float | None = None) -> int | None:
         """The threads of ``pid`` that ran or waited to run for at least
-        BUSY_THREAD of ``elapsed`` seconds since they were last read (a
-        thread new since: over its life), their times kept for the next
-        time; None when they cannot be read. ``count``: its thread count."""
+        BUSY_THREAD of the time since they were last known (their last read,
+        or a later sample where the process used no CPU; without either:
+        ``since``, over zero times; else 0), a thread new since over its life;
+        their times kept for the next time. None when they cannot be read.
+        ``count``: its thread count."""
         found = self.facts.threads(pid, count)
         if found is None:
             self.thread_times.pop(pid, None)
             return None
-        before = self.thread_times.get(pid, {})
-        self.thread_times[pid] = found
-        least = BUSY_THREAD * elapsed * 1e9
-        return sum(1 for tid, spent in found.items() if spent - before.get(tid, 0) >= least) if elapsed > 0 else 0
+        known_at, before = self.thread_times.get(pid) or (since, {})
+        self.thread_times[pid] = (now, found)
+        if known_at is None or now <= known_at:
+            return 0
+        least = BUSY_THREAD * (now - known_at) * 1e9
+        return sum(1 for tid, spent in found.items() if spent - before.get(tid, 0) >= least)
 
     def _note_busy(self, seen: dict[str, Any], pid: int, count: int, wall: float) -> None:
         """One sample of ``pid``'s busy threads into its ``busy_threads`` and ``busy_samples``."""
