@@ -25,9 +25,9 @@ TARGET = 2.0
 #: Idle tree shape: the root, BRANCHES shells under it, LEAVES sleeps under each.
 BRANCHES, LEAVES = 7, 8
 SIZE = 1 + BRANCHES + BRANCHES * LEAVES
-#: Busy tree: SIZE Python processes (a root and its forks), each with
-#: SPINNERS threads spinning besides its main thread.
-SPINNERS = 3
+#: Threaded tree: SIZE Python processes (a root and its forks), each with
+#: SLEEPERS threads besides its main thread.
+SLEEPERS = 3
 
 
 def _idle_tree() -> subprocess.Popen[bytes]:
@@ -36,23 +36,19 @@ def _idle_tree() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sh", "-c", root], start_new_session=True)
 
 
-BUSY = f"""
+THREADED = f"""
 import os, threading, time
-os.nice(19)  # the measuring process is not starved (a supervising tcap is not niced, but its tree is its own)
 for _ in range({SIZE - 1}):
     if os.fork() == 0:
         break
-def spin():
-    while True:
-        pass
-for _ in range({SPINNERS}):
-    threading.Thread(target=spin, daemon=True).start()
+for _ in range({SLEEPERS}):
+    threading.Thread(target=time.sleep, args=(300,), daemon=True).start()
 time.sleep(300)
 """
 
 
-def _busy_tree() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
+def _threaded_tree() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", THREADED], start_new_session=True)
 
 
 def _sampler(root: int, backend: str) -> Sampler:
@@ -105,21 +101,19 @@ BACKENDS = {"proc": "/proc backend (Linux)", "psutil": "psutil backend (macOS, B
 
 
 def _one_tree(kind: str, seconds: float) -> tuple[list[str], int]:
-    """The table rows of both backends on one tree (the busy one twice: as it
-    runs, and forced); the machine's process count."""
-    root = _idle_tree() if kind == "idle" else _busy_tree()
-    rows = []
+    """The table rows of both backends on one tree (the threaded one with
+    every process taken for busy); the machine's process count."""
+    root = _idle_tree() if kind == "idle" else _threaded_tree()
     try:
-        _wait_for_tree(root.pid, 1 if kind == "idle" else SPINNERS + 1, time.monotonic() + 60)
+        _wait_for_tree(root.pid, 1 if kind == "idle" else SLEEPERS + 1, time.monotonic() + 60)
         system_processes = sum(1 for name in os.listdir("/proc") if name.isdigit())
-        for forced in (False, True) if kind == "busy" else (False,):
-            samplers = {backend: _sampler(root.pid, backend) for backend in BACKENDS}
-            for sampler in samplers.values():  # the tree's first sight (command lines, the threads' baselines)
-                sampler.sample()
-                sampler.facts.thread_reads = 0
-            time.sleep(INTERVAL)
-            costs = _measure(samplers, seconds, forced)
-            rows += _rows(kind + (", every process taken for busy" if forced else ""), samplers, costs)
+        samplers = {backend: _sampler(root.pid, backend) for backend in BACKENDS}
+        for sampler in samplers.values():  # the tree's first sight (command lines, the threads' baselines)
+            sampler.sample()
+            sampler.facts.thread_reads = 0
+        time.sleep(INTERVAL)
+        costs = _measure(samplers, seconds, forced=kind != "idle")
+        rows = _rows(kind, samplers, costs)
     finally:
         os.killpg(root.pid, 9)
         root.wait()
@@ -146,7 +140,7 @@ def _rows(kind: str, samplers: dict[str, Sampler], costs: dict[str, list[float]]
 
 def run(seconds: float) -> str:
     idle, system_processes = _one_tree("idle", seconds)
-    busy, _ = _one_tree("busy", seconds)
+    busy, _ = _one_tree("busy (worst case)", seconds)
     lines = [
         "## Report sampler cost",
         "",
@@ -155,15 +149,15 @@ def run(seconds: float) -> str:
         f"about three times as much), and at each sample counts the busy threads of every process that used "
         f"CPU since the previous one (an idle process costs no per-thread read). Here a tree of {SIZE} "
         f"processes was sampled for {seconds:.0f} s per tree, in-process, with about {system_processes} "
-        "processes on the machine: **idle**, a shell, "
-        f"{BRANCHES} shells under it and {LEAVES} sleeps under each; **busy**, {SIZE} Python processes (a root "
-        f"and its forks, at nice 19 so that the measuring process is not starved) each spinning on {SPINNERS} "
-        "threads besides its main one: on a machine of few CPUs each gets a small share, its CPU clock (in "
-        "10 ms ticks) moves at some samples only, and its threads are read at those; so the busy tree is "
-        "measured again with every process taken for one that used CPU at every sample (the worst case: "
-        f"the {SIZE * (SPINNERS + 1)} threads of the tree are more than the {THREAD_READS} a sample reads, "
-        f"{PSUTIL_THREAD_READS} with psutil, so the busy processes take turns, those read longest ago first, "
-        "and the others hold their last count). Finding the tree's members means reading every "
+        "processes on the machine. **Idle**: a shell, "
+        f"{BRANCHES} shells under it and {LEAVES} sleeps under each. **Busy (worst case)**: {SIZE} Python "
+        f"processes (a root and its forks) of {SLEEPERS + 1} threads each, every process taken for one that "
+        "used CPU since the previous sample at every sample, so that its threads are read: a tree of 64 "
+        "processes really busy on a machine of few CPUs gives each a few percent of one, so its CPU clock "
+        "(in 10 ms ticks) moves at some samples only and fewer are read, and it would starve the measuring "
+        f"process; here every sample reads the most it may, {THREAD_READS} threads ({PSUTIL_THREAD_READS} "
+        f"with psutil) of the {SIZE * (SLEEPERS + 1)}, the busy processes taking turns, those read longest "
+        "ago first (the others hold their last count). Finding the tree's members means reading every "
         f"process's parent, so the machine's process count matters too: that look-up runs every {RESCAN:g} s "
         f"(psutil's: {PSUTIL_RESCAN:g} s), and in between the members found are read again (so the samples "
         "come in two sizes and only the mean says what it costs per second). The share of one core "

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     Tree = dict[int, tuple[int, int, float, bytes]]
 
 
+#: Every FULL-th look-up of a tree reads every process of the machine; the
+#: others read only the tree's members and the processes new since the last
+#: look-up (a process outside the tree stays outside: only a new one can
+#: join it; the full look-up catches a pid reused meanwhile).
+FULL = 8
+
 #: The most threads of one process read at a sample (the first the kernel
 #: lists, in the order they were created): a process with more is counted
 #: from these, so that one with a huge number of threads cannot make a
@@ -67,8 +73,11 @@ class ProcBackend:
 
     def __init__(self) -> None:
         self.tick = os.sysconf("SC_CLK_TCK")
-        #: root -> {pid: start time} of its tree at the last full scan.
+        #: root -> {pid: start time} of its tree at the last look-up.
         self.members: dict[int, dict[int, int]] = {}
+        #: root -> the pids outside its tree at the last look-up, and how many look-ups.
+        self.outside: dict[int, set[int]] = {}
+        self.scans: dict[int, int] = {}
         #: How many thread files :meth:`threads` read (the tests see that
         #: an idle process costs none).
         self.thread_reads = 0
@@ -78,18 +87,23 @@ class ProcBackend:
 
     def tree(self, root: int, rescan: bool = True) -> Tree:
         """``root`` and its descendants: pid -> (ppid, threads, CPU seconds,
-        name). ``rescan``: find them among every process of the machine (a
-        read of each one's stat); else read again the members the last scan
-        found (those still there and not a new process under a reused pid),
-        without the processes started since."""
+        name). ``rescan``: look them up among the processes of the machine (a
+        read of the stat of each member and each process new since, of
+        every one at every FULL-th); else read again the members the last
+        look-up found (those still there and not a new process under a
+        reused pid), without the processes started since."""
         known = self.members.get(root)
+        everything: list[int] = []
         if not rescan and known is not None:
             pids: list[int] = list(known)
         else:
             try:
-                pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+                everything = [int(name) for name in os.listdir("/proc") if name.isdigit()]
             except OSError:
                 return {}
+            count = self.scans[root] = self.scans.get(root, 0) + 1
+            outside = self.outside.get(root) if known is not None and count % FULL else None
+            pids = everything if outside is None else [pid for pid in everything if pid not in outside]
             known = None
         stats: Tree = {}
         starts: dict[int, int] = {}
@@ -111,8 +125,10 @@ class ProcBackend:
         tree = _descendants(stats, root)
         if tree:
             self.members[root] = {pid: starts[pid] for pid in tree}
+            self.outside[root] = set(everything).difference(tree)
         else:
-            self.members.pop(root, None)
+            for table in (self.members, self.outside, self.scans):
+                table.pop(root, None)
         return tree
 
     def threads(self, pid: int, count: int = 0) -> dict[int, int] | None:
@@ -248,8 +264,9 @@ class PsutilBackend:
 
     #: The tree's members are looked up (a scan of every process's parent)
     #: at every REFRESH-th call; in between, the known members are read again,
-    #: and the thread count only of those whose CPU time moved (else the
-    #: count they had: reading it is half of a process's cost on Linux).
+    #: their parents as found, and the thread count only of those whose CPU
+    #: time moved (else the count they had: on Linux reading it is half of a
+    #: process's cost).
     REFRESH = 2
 
     def __init__(self) -> None:
@@ -257,12 +274,15 @@ class PsutilBackend:
 
         self.psutil = psutil
         self.members: dict[int, list[Any]] = {}
+        #: As ProcBackend's: the pids outside each tree, and the look-ups.
+        self.outside: dict[int, set[int]] = {}
+        self.scans: dict[int, int] = {}
         #: pid -> its psutil.Process, as the last look-up found it.
         self.processes: dict[int, Any] = {}
         self.calls = 0
         self.thread_reads = 0
-        #: pid -> (CPU seconds, threads) at its last read.
-        self.counts: dict[int, tuple[float, int]] = {}
+        #: pid -> (CPU seconds, threads, parent) at its last read.
+        self.counts: dict[int, tuple[float, int, int]] = {}
 
     def tree(self, root: int, rescan: bool | None = None) -> Tree:
         """As :meth:`ProcBackend.tree`; ``rescan`` None: at every REFRESH-th call."""
@@ -270,16 +290,14 @@ class PsutilBackend:
         self.calls += 1
         members = self.members.get(root)
         scan = members is None or (self.calls % self.REFRESH == 0 if rescan is None else rescan)
+        parents: dict[int, int] = {}
         if scan:
-            try:
-                top = psutil.Process(root)
-                members = self.members[root] = [top, *top.children(recursive=True)]
-            except (psutil.Error, OSError):
-                self.members.pop(root, None)
+            found = self._look_up(root, members is not None)
+            if found is None:
+                for table in (self.members, self.outside, self.scans):
+                    table.pop(root, None)
                 return {}
-            self.processes.update((process.pid, process) for process in members)
-            if len(self.processes) > 4 * len(members) + 1024:
-                self.processes = {process.pid: process for process in members}
+            members, parents = found
         stats = {}
         counts = self.counts
         for process in members or ():
@@ -289,13 +307,71 @@ class PsutilBackend:
                     cpu = times.user + times.system
                     last = counts.get(process.pid)
                     threads = last[1] if not scan and last is not None and last[0] == cpu else process.num_threads()
-                    stats[process.pid] = (process.ppid(), threads, cpu, process.name().encode(errors="replace")[:15])
-                    counts[process.pid] = (cpu, threads)
+                    # ppid() reads its stat again (psutil checks the pid was not reused): at look-ups only.
+                    ppid = parents.get(process.pid) if scan or last is None else last[2]
+                    if ppid is None:
+                        ppid = process.ppid()
+                    stats[process.pid] = (ppid, threads, cpu, process.name().encode(errors="replace")[:15])
+                    counts[process.pid] = (cpu, threads, ppid)
             except (psutil.Error, OSError):
                 continue
         if scan and len(counts) > 2 * len(stats) + 1024:
             self.counts = {pid: counts[pid] for pid in stats}
         return stats
+
+    def _look_up(self, root: int, again: bool) -> tuple[list[Any], dict[int, int]] | None:
+        """The processes of ``root``'s tree and their parents, found among
+        the machine's (each member and each process new since the last
+        look-up; every one at every FULL-th); None when ``root`` is gone."""
+        psutil = self.psutil
+        try:
+            everything = psutil.pids()
+        except (psutil.Error, OSError):
+            return None
+        count = self.scans[root] = self.scans.get(root, 0) + 1
+        outside = self.outside.get(root) if again and count % FULL else None
+        parents: dict[int, int] = {}
+        if outside is None:  # every process: psutil's own look-up (one read each), parents read with the members
+            try:
+                top = psutil.Process(root)
+                members = [top, *top.children(recursive=True)]
+            except (psutil.Error, OSError):
+                return None
+            self.processes = {process.pid: process for process in members}
+            self.members[root] = members
+            self.outside[root] = set(everything).difference(self.processes)
+            return members, parents
+        found: dict[int, Any] = {}
+        for pid in everything:
+            if pid in outside:
+                continue
+            process = self.processes.get(pid)
+            last = self.counts.get(pid)
+            if process is not None and last is not None:  # a member: its parent as last read (FULL reads it again)
+                parents[pid] = last[2]
+                found[pid] = process
+                continue
+            try:
+                process = process or psutil.Process(pid)
+                parents[pid] = process.ppid()
+            except (psutil.Error, OSError):
+                continue
+            found[pid] = process
+        if root not in found:
+            return None
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            if pid != ppid:
+                children.setdefault(ppid, []).append(pid)
+        tree, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, ()))
+        self.members[root] = members = [found[pid] for pid in tree]
+        self.processes = {process.pid: process for process in members}
+        self.outside[root] = set(everything).difference(tree)
+        return members, parents
 
     def threads(self, pid: int, count: int = 0) -> dict[int, int] | None:
         """tid -> nanoseconds of CPU time (user and system) of each thread of

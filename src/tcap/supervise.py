@@ -91,9 +91,9 @@ BUDGET_START_CPU = 0.5
 #: The most threads read at one sample (psutil's backend: its own): beyond,
 #: the busy processes take turns, those read longest ago first, and the
 #: others hold their last count (a tree of 64 busy processes of 4 threads
-#: each has each process read every other sample).
-THREAD_READS = 128
-PSUTIL_THREAD_READS = 64
+#: each has each process read every third sample).
+THREAD_READS = 96
+PSUTIL_THREAD_READS = 32
 #: The changes of a process's busy threads kept while it runs (beyond this,
 #: every other one is dropped) and in a report (thinned: :func:`thin`).
 BUSY_SAMPLES_KEPT = 1024
