@@ -215,6 +215,32 @@ def test_a_sleeping_tree_reads_no_thread(backend: str) -> None:
         stop(spin)
 
 
+@pytest.mark.parametrize("backend", ["proc", "psutil"])
+def test_a_look_up_finds_the_processes_started_since(backend: str) -> None:
+    """Look-ups after the first read the members and the new processes
+    only: children started later are found, and the tree is the one a
+    fresh backend finds reading every process."""
+    if backend == "psutil":
+        pytest.importorskip("psutil")
+    tree = tree_of("sleep 0.5; sleep 30 & sleep 30 & wait")
+    try:
+        facts = ProcBackend() if backend == "proc" else PsutilBackend()
+        first = facts.tree(tree.pid, True)
+        assert tree.pid in first and len(first) <= 2, first
+        deadline = time.monotonic() + 20
+        time.sleep(0.7)  # the sleeps have started (look-ups past the first 7 would be full ones)
+        while True:
+            found = facts.tree(tree.pid, True)
+            if sorted(name for *_, name in found.values()) == [b"sh", b"sleep", b"sleep"]:  # forked and exec'd
+                break
+            assert time.monotonic() < deadline, found
+            time.sleep(0.3)
+        assert facts.scans[tree.pid] < procfacts.FULL  # not found by a full look-up
+        assert set(found) == set(ProcBackend().tree(tree.pid)) and len(found) == 3, found
+    finally:
+        stop(tree)
+
+
 def test_the_threads_read_of_one_process_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A process of 40 threads read with the bound at 16: 16 read (the
     first the kernel lists), with the bound above: all 41; psutil's backend
