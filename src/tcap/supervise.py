@@ -93,7 +93,7 @@ BUDGET_START_CPU = 0.5
 #: others hold their last count (a tree of 64 busy processes of 4 threads
 #: each has each process read every third sample).
 THREAD_READS = 96
-PSUTIL_THREAD_READS = 32
+PSUTIL_THREAD_READS = 16
 #: The changes of a process's busy threads kept while it runs (beyond this,
 #: every other one is dropped) and in a report (thinned: :func:`thin`).
 BUSY_SAMPLES_KEPT = 1024
