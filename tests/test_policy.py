@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(len(AFFINITY) < 2, reason="needs Linux CPU affin
 FIRST, SECOND = (AFFINITY + [0, 0])[:2]
 
 #: Variables sized by a thread cap (the policy's max_threads applies to them).
-THREAD_VARS = [v.name for v in VARIABLES if v.basis == "threads"]
+THREAD_VARS = [v.name for v in VARIABLES if v.basis == "threads" and v.by_threads]
 WORKER_VARS = [v.name for v in VARIABLES if v.basis == "workers"]
 
 # What the launched program reports about itself, as one JSON line.

@@ -37,6 +37,9 @@ PATH = "/profiles/stage.toml"
 EIGHT = Machine(frozenset(range(8)))
 FOLLOWERS = [v.name for v in VARIABLES if v.own.startswith("follows:")]
 LEADERS = [v.name for v in VARIABLES if not v.own.startswith("follows:")]
+#: Keys only their own setting sizes (Arrow's I/O threads wait rather than compute): absent by default.
+OWN_ONLY = {v.library for v in VARIABLES if not v.by_threads}
+SIZED = [key for key in CAP_KEYS if key not in OWN_ONLY]
 OPENBLAS = Limit("openblas", 64, "numpy's OpenBLAS 0.3.31")
 
 
@@ -142,7 +145,7 @@ def test_cpu_stage_policy_keeps_the_first_max_cpus_of_a_chosen_set():
 
 def test_caps_stage_default_is_the_usable_cpus_for_every_key():
     caps = caps_of()
-    assert list(caps.caps) == list(CAP_KEYS)
+    assert list(caps.caps) == SIZED
     assert set(caps.caps.values()) == {8}
     assert set(caps.why.values()) == {"default: the usable CPUs (8)"}
     assert (caps.workers, caps.workers_why, caps.explicit, caps.openblas) == (None, None, frozenset(), None)
@@ -182,7 +185,7 @@ def test_caps_stage_policy_ceiling_lists_what_it_capped_once_each():
     assert caps.caps["blas"] == caps.caps["openblas"] == 2
     assert caps.caps["threads"] == caps.caps["openmp"] == caps.caps["blosc"] == 3
     assert caps.why["openmp"] == "default: the usable CPUs (8); capped to 3 by policy /p.toml:2 max_threads = 3"
-    assert caps.capped == tuple(k for k in CAP_KEYS if k not in ("blas", "openblas", "mkl", "veclib", "blis"))
+    assert caps.capped == tuple(k for k in SIZED if k not in ("blas", "openblas", "mkl", "veclib", "blis"))
 
 
 def test_caps_stage_bad_expression_names_its_line():
@@ -206,7 +209,7 @@ def test_variables_stage_leaves_alone_what_stays_within_its_cap():
     omp = chosen.left_alone[0]
     assert omp == EnvChange("OMP_NUM_THREADS", "8", "left alone: OpenMP takes 8 (the 8 CPUs in its affinity mask), "
                             "within the cap of 8 (default: the usable CPUs (8))")
-    assert chosen.computed == {name: "8" for name in LEADERS}
+    assert chosen.computed == {v.name: "8" for v in VARIABLES if v.name in LEADERS and v.by_threads}
 
 
 def test_variables_stage_sets_an_asked_cap_and_what_it_would_change():

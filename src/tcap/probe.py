@@ -973,11 +973,16 @@ def _cpu_text(cpus):
     return ",".join(str(c) for c in sorted(cpus))
 
 
+def _sibling(name):
+    """A file next to this probe (TCAP_PROBE is unset where only %tcap runs)."""
+    return os.path.join(os.path.dirname(os.environ.get("TCAP_PROBE") or __file__), name)
+
+
 def _pools_module():
     module = _state.get("pools_module")
     if module is None:
         module = _state["pools_module"] = _load(
-            "_tcap_pools", os.path.join(os.path.dirname(os.environ["TCAP_PROBE"]), "_pools.py"))
+            "_tcap_pools", _sibling("_pools.py"))
     return module
 
 
