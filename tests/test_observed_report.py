@@ -33,6 +33,10 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="n
 
 PROGRAMS = Path(__file__).parent / "programs" / "observed_report"
 HANG = 120
+#: Whether the supervisor sees the time threads waited for a CPU (the /proc
+#: backend; psutil's, selected by TCAP_PROCESS_FACTS, counts CPU time only,
+#: so on this shared machine a busy thread kept waiting may count less).
+WAITS = os.environ.get("TCAP_PROCESS_FACTS") != "psutil"
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="the cases of a 2-CPU machine")
 
 
@@ -125,7 +129,7 @@ def test_a_fork_pool_of_two_blas_threads_each_is_over_the_budget_under_strict(is
     assert budget["longest_over_seconds"] > budget["grace_seconds"] == supervise.BUDGET_GRACE, budget
     assert data["violations"] == [], data["violations"]  # each worker within its caps
     workers = [int(pid) for pid in result.stdout.split()]
-    for pid in workers if os.environ.get("TCAP_PROCESS_FACTS") != "psutil" else ():  # psutil: no time waited
+    for pid in workers if WAITS else ():
         [process] = [p for p in data["processes"] if p["pid"] == pid]
         assert process["busy_threads"]["peak"] >= 2, process  # (3 when the probe's own check waited for a CPU)
     assert re.search(r"^tcap: verdict: .*over the launch budget \(peak \d+ busy threads on 2 CPUs.*; exit 86 "
@@ -146,11 +150,11 @@ def test_clean_launches_are_within_the_budget(iso: Isolated, program: str, flags
     data = json.loads(out.read_text())
     assert result.returncode == 0, (result.stderr, data["budget"], data["violations"])
     budget = data["budget"]
-    assert not budget["violated"] and budget["peak_pool_threads"] >= 2, budget
+    assert not budget["violated"] and budget["peak_pool_threads"] >= (2 if WAITS else 1), budget
     assert result.stderr == "", result.stderr
     counted = [p["busy_threads"] for p in data["processes"] if p["busy_threads"] and p["busy_threads"]["peak"]]
     if program == "threadpool.py":  # one process, its two threads busy
-        assert any(busy["peak"] >= 2 and busy["mean"] >= 1.5 for busy in counted), counted
+        assert any(busy["peak"] >= 2 and busy["mean"] >= 1.5 for busy in counted) or not WAITS, counted
     else:  # the workers mostly 1 (2 for a sample when the probe's own check waits for a CPU)
         assert sum(1 for busy in counted if busy["mean"] <= 1.3 and busy["peak"] <= 2) >= 2, counted
 
@@ -454,8 +458,9 @@ def test_an_observed_violation_fails_strict_end_to_end(iso: Isolated) -> None:
     assert process["observed"] == OBSERVED and process["status"] == "VIOLATION", process
     [violation] = process["violations"]
     assert violation["libraries"] == ["libgomp", "lightgbm"] and violation["seconds"] == 1.25, violation
-    assert process["busy_threads"]["peak"] == 2, process  # the supervisor's own count
-    assert row(result.stderr, pid)["BUSY"].startswith("2/"), result.stderr
+    peak = process["busy_threads"]["peak"]
+    assert peak == 2 or (not WAITS and peak == 1), process  # the supervisor's own count, not the record's 3
+    assert row(result.stderr, pid)["BUSY"].startswith(f"{peak}/"), result.stderr
 
 
 def test_a_hostile_record_end_to_end_is_unverified(iso: Isolated) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, TCAP, Isolated
-from tcap.placement import start_time
+from tcap import supervise
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
 
@@ -230,7 +230,7 @@ def test_sigkill_of_a_supervised_tcap_takes_its_child_and_leaves_nothing(sv: Iso
 def test_the_sweep_spares_live_runs_and_other_users(sv: Isolated) -> None:
     tmp = sv.root / "tmp"
     me = os.getpid()
-    start = start_time(me)  # as tcap's process facts tell it (/proc or psutil)
+    start = supervise._start_time(me)  # as supervised tcaps name their directories (/proc wherever there is one)
     assert start is not None
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -66,6 +66,19 @@ def proc_stat(pid: int) -> tuple[bytes, list[bytes]] | None:
         return None
 
 
+def proc_start_time(pid: int) -> int | None:
+    """When ``pid`` started, from ``/proc/PID/stat`` (clock ticks since
+    boot); None when it is gone or a zombie."""
+    found = proc_stat(pid)
+    if found is None:
+        return None
+    fields = found[1]
+    try:
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    except (ValueError, IndexError):
+        return None
+
+
 class ProcBackend:
     """Linux's /proc, read directly."""
 
@@ -213,14 +226,7 @@ class ProcBackend:
     def start_time(self, pid: int) -> int | None:
         """When ``pid`` started (clock ticks since boot); None when it is gone
         or a zombie (dead, not yet collected by its parent)."""
-        found = proc_stat(pid)
-        if found is None:
-            return None
-        fields = found[1]
-        try:
-            return None if fields[0] in (b"Z", b"X") else int(fields[19])
-        except (ValueError, IndexError):
-            return None
+        return proc_start_time(pid)
 
     def is_zombie(self, pid: int) -> bool:
         """Whether ``pid``, whose start time cannot be read, is a zombie (its

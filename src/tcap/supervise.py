@@ -224,12 +224,25 @@ def _report_dir() -> str:
     """A new private directory for the probe records, named after this tcap
     (pid and start time), after removing this user's report directories
     whose tcap is gone (one killed with SIGKILL cannot remove its own)."""
-    from tcap.placement import start_time
-
     parent = tempfile.gettempdir()
     _sweep_reports(parent)
     me = os.getpid()
-    return tempfile.mkdtemp(prefix=f"{REPORT_PREFIX}{me}-{start_time(me) or 0}-", dir=parent)
+    return tempfile.mkdtemp(prefix=f"{REPORT_PREFIX}{me}-{_start_time(me) or 0}-", dir=parent)
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started, the same whichever process-facts backend this
+    tcap uses: the kernel's clock ticks since boot wherever there is /proc
+    (tcaps of both backends share /tmp: one with psutil named its directory
+    in psutil's unit, and one reading /proc swept it as its tcap's gone), else
+    psutil's (tcap.placement.start_time); None when gone."""
+    if os.path.exists("/proc/self/stat"):
+        from tcap.procfacts import proc_start_time
+
+        return proc_start_time(pid)
+    from tcap.placement import start_time
+
+    return start_time(pid)
 
 
 def _sweep_reports(parent: str) -> None:
@@ -239,8 +252,6 @@ def _sweep_reports(parent: str) -> None:
     import re
     import shutil
     import stat
-
-    from tcap.placement import start_time
 
     try:
         names = os.listdir(parent)
@@ -259,7 +270,7 @@ def _sweep_reports(parent: str) -> None:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
-        found = start_time(pid)
+        found = _start_time(pid)
         if found == start or (found is not None and not start):
             continue  # its tcap runs (start 0: unknown when it was made; the pid lives)
         shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
