@@ -483,6 +483,11 @@ def _share_tick(on_main=False):
         _state["applied"] = (target, modules)
         return  # alone: every pool keeps the size it has
     _state["applied"] = (target, modules)
+    if _state.get("caps"):
+        # The pools as the program left them, judged before sharing resizes
+        # them: a pool the program raised over its cap is a violation even if
+        # sharing brings it down at once.
+        check("share")
     try:
         _prepare()
         _adjust(target, "any")  # at once, even while the main thread is inside a long BLAS call
