@@ -16,21 +16,23 @@ test: $(STAMP) shells engines
 	$(BIN)/python -m pytest
 
 # zsh and fish for the shell-quoting tests, where apt can install them (as
-# root); the tests that need them skip otherwise.
+# root, saying so first); the tests that need them skip otherwise.
 shells:
 	@if ! command -v zsh >/dev/null || ! command -v fish >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "note: installing system packages as root with apt-get: zsh fish (for the shell tests)"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish) >/dev/null 2>&1 \
 	      || echo "note: could not install zsh/fish; their tests will skip"; \
 	  fi; \
 	fi
 
 # A real single-node Slurm cluster (slurmctld, slurmd, munge) and Open MPI for
-# the cluster tests, where apt can install them (as root); the tests start and
+# the cluster tests, where apt can install them (as root, saying so first); the tests start and
 # stop the daemons themselves, and skip where the packages are missing.
 engines:
 	@if ! command -v mpirun >/dev/null || ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "note: installing system packages as root with apt-get: slurm-wlm munge openmpi-bin (for the cluster tests)"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge openmpi-bin) \
 	      >/dev/null 2>&1 || echo "note: could not install Slurm/Open MPI; their tests will skip"; \
 	  fi; \
