@@ -370,7 +370,7 @@ def test_report_plot_of_a_contract_report(iso: Isolated) -> None:
 def test_help_and_completion_know_the_flag(iso: Isolated) -> None:
     usage = iso.run("run", "--help").stdout
     assert "[--plot FILE]" in usage and "--plot FILE        a picture of the run" in usage
-    assert "tcap report   [--json FILE] [--plot FILE] REPORT.json..." in usage
+    assert "usage: tcap report [--json FILE] [--plot FILE] REPORT.json..." in iso.run("report", "--help").stdout
     bash = iso.run("shell-init", "bash").stdout
     assert "--report-json|--plot|" in bash
     run_words = next(line for line in bash.splitlines() if line.strip().startswith("'run')"))

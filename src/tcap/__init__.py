@@ -23,12 +23,33 @@ def _entry() -> int:
 
 
 def load_ipython_extension(ipython: object) -> None:
-    """``%load_ext tcap``: the ``%tcap`` magic (pools against their caps) and,
-    in a kernel started by tcap with verification on, the check after each
-    cell (a tcap kernelspec loads that already)."""
-    import sys
+    """``%load_ext tcap``: the ``%tcap`` magic (pools against their caps;
+    ``%tcap apply PROFILE`` applies one to the kernel) and, once
+    verification is on (a tcap kernel, or after ``%tcap apply``), the check
+    after each cell."""
+    from tcap.api import probe_module
 
-    probe = sys.modules.get("_tcap_probe")  # the probe tcap's bootstrap loaded
-    if probe is None:
-        from tcap import probe
-    probe.load_ipython_extension(ipython)  # type: ignore[union-attr]
+    probe_module().load_ipython_extension(ipython)
+
+
+# The Python API (tcap/api.py), imported on first use: `import tcap` stays
+# what the launcher's hot path pays for.
+_API = ("apply", "limits", "Applied", "PoolChange", "Cannot")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tcap.api import Applied, Cannot, PoolChange, apply, limits
+    from tcap.errors import TcapError
+
+__all__ = ["apply", "limits", "Applied", "PoolChange", "Cannot", "TcapError", "load_ipython_extension"]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from tcap import api
+
+        return getattr(api, name)
+    if name == "TcapError":
+        from tcap.errors import TcapError
+
+        return TcapError
+    raise AttributeError(f"module 'tcap' has no attribute {name!r}")

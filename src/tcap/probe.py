@@ -19,6 +19,10 @@ import os
 import sys
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the one typed function tcap.api calls
+    from collections.abc import Mapping
+
 # Top-level packages whose import means native thread pools may exist
 # (_ctypes: a C library loaded by the program itself may start a pool no
 # registry names, seen by observation).
@@ -116,6 +120,38 @@ def start():
             sys.meta_path.insert(0, _Watcher())
     except Exception:
         _debug("start")
+
+
+def configure(main=None, explained=()):
+    """tcap.apply in a running process (tcap/api.py): the launch's TCAP_*
+    variables, just set in os.environ, read again - the checks start if they
+    were not running, and stop when verification is now off.  ``main``: the
+    main thread's id (apply may run on another); ``explained``: pools apply
+    reported it could not bring within their caps ((filepath, name), size),
+    recorded as violations by the checks but not warned about again."""
+    try:
+        mode = os.environ.get("TCAP_VERIFY", "")
+        if mode not in ("warn", "strict", "enforce"):
+            _state["mode"] = None
+            return
+        if not _state.get("mode") and "pid" not in _state:
+            start()
+        else:
+            _state.update(mode=mode, caps=_caps(), profile=os.environ.get("TCAP_PROFILE", ""),
+                          tpc_path=os.environ.get("TCAP_THREADPOOLCTL") or _state.get("tpc_path"),
+                          cpus=_cpu_list(os.environ.get("TCAP_CPUS", "")), seen={})
+            if os.environ.get("TCAP_SHARE") and _state.get("sharer") is None:
+                _share_start()
+            if _state.get("timer") is None:
+                if _numeric_loaded():
+                    _start_timer()
+                elif not any(isinstance(item, _Watcher) for item in sys.meta_path):
+                    sys.meta_path.insert(0, _Watcher())
+        if main is not None:
+            _state["main"] = main
+        _state["explained"] = dict(explained)
+    except Exception:
+        _debug("configure")
 
 
 def _reset_process():
@@ -254,6 +290,8 @@ def _observer():
 def _observe_tick(observer):
     """One sample of this process's threads; an episode over what the caps
     allow becomes a violation (warned once, recorded at once)."""
+    if not _state.get("mode"):
+        return  # verification off (tcap.apply with verify off)
     try:
         import threading
 
@@ -686,7 +724,7 @@ def _threadpoolctl():
     return module
 
 
-def cap_for(pool, caps):
+def cap_for(pool: "Mapping", caps: "Mapping") -> "int | None":
     """The cap for one threadpoolctl pool dict, or None if tcap set none."""
     internal = pool.get("internal_api")
     user = pool.get("user_api")
@@ -713,6 +751,8 @@ def check(reason="manual"):
     """Compare every pool with its cap; warn, enforce and record. Returns the
     list of (pool, cap) over cap, or None when the check itself failed or
     another check (timer thread vs exit) was already running."""
+    if not _state.get("mode"):
+        return None  # verification off (tcap.apply with verify off)
     lock = _state.get("lock")
     if lock is None:
 
@@ -778,7 +818,9 @@ def _check(reason):
                     "reason": reason,
                 }
             )
-            if key not in _state.get("enforced_keys", ()):  # brought back before: the enforcement said it
+            # Brought back before (the enforcement said it), or a pool tcap.apply said it could not resize.
+            if key not in _state.get("enforced_keys", ()) and \
+                    _state.get("explained", {}).get(key) != pool.get("num_threads"):
                 _warn(pool, cap)
         if _state["mode"] == "enforce":
             try:
@@ -1135,7 +1177,22 @@ def _after_cell(result=None):
 
 
 def _magic(line=""):
-    """%tcap: every native thread pool of this process against its cap."""
+    """%tcap: every native thread pool of this process against its cap;
+    ``%tcap apply PROFILE [flags]``: tcap.apply (tcap/api.py)."""
+    words = line.split(None, 1)
+    if words and words[0] == "apply":
+        try:
+            from tcap.api import magic_apply
+        except ImportError:
+            print("tcap: error: %tcap apply needs tcap installed in this kernel's interpreter "
+                  f"({sys.executable} -m pip install tcap)")
+            return
+        magic_apply(words[1] if len(words) > 1 else "")
+        return
+    if words:
+        print(f"tcap: error: %tcap: unknown subcommand {words[0]!r}: %tcap shows the pools, "
+              "%tcap apply PROFILE [flags] applies a profile")
+        return
     try:
         tpc = _threadpoolctl()
         info = tpc.threadpool_info() + other_pools()

@@ -446,10 +446,38 @@ def count_problem(value: Any) -> str | None:
 
 
 def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    import difflib
+    """`` (did you mean 'X'?)`` when ``word`` looks like a slip for choice X,
+    else "". A slip: at most 1 edit (a letter added, dropped, changed, or two
+    neighbours swapped) in a word of 3 to 5 letters, 2 up to 9 and 3 beyond,
+    or the start of one choice only (3 letters at least); the dashes in front
+    of an option do not count, and letter case does not."""
+    stem = word.lstrip("-").lower()
+    limit = 0 if len(stem) <= 2 else 1 if len(stem) <= 5 else 2 if len(stem) <= 9 else 3
+    best: tuple[int, str] | None = None
+    for choice in choices:
+        distance = _edits(stem, choice.lstrip("-").lower())
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, choice)
+    if best is None and len(stem) >= 3:
+        starting = [choice for choice in choices if choice.lstrip("-").lower().startswith(stem)]
+        if len(starting) == 1:
+            best = (0, starting[0])
+    return f" (did you mean {best[1]!r}?)" if best else ""
 
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+
+def _edits(a: str, b: str) -> int:
+    """The edits from ``a`` to ``b``: letters inserted, deleted, substituted
+    and neighbours transposed (optimal string alignment distance)."""
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        previous, before, row = before, row, [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            row[j] = min(before[j] + 1, row[j - 1] + 1, before[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous[j - 2] + 1)
+    return row[-1]
 
 
 def locate(text: str, table: str | None, key: str) -> int | None:
