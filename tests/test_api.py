@@ -330,3 +330,36 @@ def test_notebook_tcap_apply_with_flags_and_errors(iso: Isolated) -> None:
     pools, cap = outputs[3]["stdout"].splitlines()[-1].rsplit(" ", 1)
     assert int(cap) == max(1, CPUS // 2) and {n for _, n in json.loads(pools)} == {int(cap)}
     assert "applied profile serial" in outputs[4]["result"]  # the Applied shown as text
+
+
+def test_a_second_apply_plans_from_before_the_first(iso: Isolated) -> None:
+    """The variables and the affinity the first apply set are tcap's, not the
+    user's: a second apply plans as if the first had not happened."""
+    result = run_program(iso, f"""
+        import json, os
+        import numpy, threadpoolctl
+        import tcap
+        tcap.apply("serial", cpus="first:1")
+        second = tcap.apply("default")
+        print("omp=" + json.dumps(os.environ.get("OMP_NUM_THREADS")))
+        print("cpus=" + json.dumps(sorted(os.sched_getaffinity(0))))
+        print("caps=" + json.dumps(second.caps["blas"]))
+        print("pools=" + json.dumps({POOLS}))
+    """)
+    assert result.returncode == 0, result.stderr
+    seen = lines_of(result.stdout)
+    assert seen["omp"] is None
+    assert seen["cpus"] == sorted(os.sched_getaffinity(0))
+    assert seen["caps"] == CPUS and {n for _, n in seen["pools"]} == {CPUS}
+
+
+def test_an_inherited_variable_stays_the_users(iso: Isolated) -> None:
+    result = run_program(iso, """
+        import os
+        import tcap
+        tcap.apply("default")
+        tcap.apply("default")
+        print(os.environ.get("OMP_NUM_THREADS"))
+    """, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"

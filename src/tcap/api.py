@@ -96,7 +96,7 @@ class Applied:
             groups: dict[str | None, list[str]] = {}
             for name, value in shown.items():
                 groups.setdefault(value, []).append(name)
-            lines.append("  set for libraries loaded from now on and new processes: " + "; ".join(
+            lines.append("  variables, for libraries loaded from now on and new processes: " + "; ".join(
                 (f"{', '.join(names)}={value}" if value is not None else f"unset {', '.join(names)}")
                 for value, names in groups.items()))
         if self.verify != "off":
@@ -136,10 +136,10 @@ def options_of(profile: str | None, flags: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _plan(options: Mapping[str, Any]) -> Plan:
+def _plan(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Plan:
     from tcap.recipe import build_plan
 
-    return build_plan({**options, "python": sys.executable}, os.environ)[0]
+    return build_plan({**options, "python": sys.executable}, os.environ if environ is None else environ)[0]
 
 
 def _numeric_loaded() -> bool:
@@ -255,13 +255,34 @@ class _Setting:
         self.undo.clear()
 
 
-def _set_environ(wanted: Mapping[str, str]) -> dict[str, str | None]:
+#: What each variable apply changed was before the first apply: the next
+#: apply plans from these, not from what the last one set (an inherited
+#: OMP_NUM_THREADS=1 is the user's choice; one tcap set is not).
+_ORIGINAL: dict[str, str | None] = {}
+
+
+_ORIGINAL_CPUS: list[set[int]] = []  # the affinity before the first apply that pinned
+
+
+def _as_before_apply(environ: Mapping[str, str]) -> dict[str, str]:
+    env = dict(environ)
+    for name, value in _ORIGINAL.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def _set_environ(wanted: Mapping[str, str], remember: bool = False) -> dict[str, str | None]:
     """os.environ made equal to ``wanted``; the changes (None: unset)."""
     changed: dict[str, str | None] = {}
     for name in sorted(set(os.environ) | set(wanted)):
         value = wanted.get(name)
         if os.environ.get(name) == value:
             continue
+        if remember:
+            _ORIGINAL.setdefault(name, os.environ.get(name))
         changed[name] = value
         if value is None:
             del os.environ[name]
@@ -343,10 +364,20 @@ def apply(profile: str | None = None, *, threads: Count = None, blas: Count = No
 
     options = options_of(profile, {"threads": threads, "blas": blas, "openmp": openmp, "workers": workers,
                                    "cpus": cpus, "set": set, "verify": verify, "share": share})
-    plan = _plan(options)
+    environ = _as_before_apply(os.environ)
+    now = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if _ORIGINAL_CPUS and now is not None and now != _ORIGINAL_CPUS[0]:
+        _pin_threads(_ORIGINAL_CPUS[0])  # planned on the CPUs the process had before the first apply
+        try:
+            plan = _plan(options, environ)
+        except BaseException:
+            _pin_threads(now)  # nothing half-done
+            raise
+    else:
+        plan = _plan(options, environ)
     notes = list(plan.launch_notes)
-    recipe = recipe_of(plan, os.environ)
-    base = _without_probe(os.environ) if plan.verify == "off" else dict(os.environ)
+    recipe = recipe_of(plan, environ)
+    base = _without_probe(environ) if plan.verify == "off" else environ
     wanted = child_environ(recipe, base)
     mode = plan.verify
     if mode == "strict":
@@ -356,8 +387,10 @@ def apply(profile: str | None = None, *, threads: Count = None, blas: Count = No
     pinned = wanted.get("TCAP_CPUS") if recipe.get("place") else None
     cpu_list = recipe["pin"] if not pinned else [int(cpu) for cpu in pinned.split(",")]
     if cpu_list is not None:
+        if not _ORIGINAL_CPUS and now is not None:
+            _ORIGINAL_CPUS.append(now)
         _pin_threads(cpu_list)
-    variables = _set_environ(wanted)
+    variables = _set_environ(wanted, remember=True)
     setting = _Setting(plan.caps, plan.profile)
     if mode != "off":
         probe = probe_module()
