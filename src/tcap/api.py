@@ -44,6 +44,25 @@ HINTS = {
                           "thread",
     "torch (inter-op)": "",
 }
+#: What is fixed, where it is not "since import".
+WHAT = {
+    "tokenizers (rayon)": "rayon's pool is sized once, when it first runs: {before} threads if it has run, "
+                          "RAYON_NUM_THREADS={cap} if it has not",
+    "tensorflow (intra-op)": "its pool is fixed at {before} once TensorFlow has started",
+    "tensorflow (inter-op)": "its pool is fixed at {before} once TensorFlow has started",
+}
+
+
+def registry_reads() -> dict[str, object]:
+    """The registry's pools of the loaded libraries, read now (an exception
+    where the library's API failed)."""
+    found: dict[str, object] = {}
+    for row in _pools_module().loaded(sys.modules):
+        try:
+            found[row.name] = row.read(sys.modules[row.module])
+        except Exception as error:
+            found[row.name] = error
+    return found
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ class Applied:
             for name, value in shown.items():
                 groups.setdefault(value, []).append(name)
             lines.append("  variables, for libraries loaded from now on and new processes: " + "; ".join(
-                (f"{', '.join(names)}={value}" if value is not None else f"unset {', '.join(names)}")
+                (f"set to {value}: " if value is not None else "unset: ") + ", ".join(names)
                 for value, names in groups.items()))
         if self.verify != "off":
             lines.append("  verification: the probe runs in this process and in the processes it starts")
@@ -161,7 +180,10 @@ def _pools_module() -> ModuleType:
 class _Setting:
     """The loaded pools set to a plan's caps, with what it takes to undo it."""
 
-    def __init__(self, caps: Mapping[str, int], profile: str) -> None:
+    def __init__(self, caps: Mapping[str, int], profile: str, read: Mapping[str, object] | None = None) -> None:
+        #: The registry's sizes read before apply set the variables (some are
+        #: read from them: rayon's, until its pool runs).
+        self.read = read or {}
         self.changes: list[PoolChange] = []
         self.cannot: list[Cannot] = []
         self.undo: list[Callable[[], None]] = []
@@ -213,7 +235,9 @@ class _Setting:
             if module is None or cap is None:
                 continue
             try:
-                before = row.read(module)
+                before = self.read[row.name] if row.name in self.read else row.read(module)
+                if isinstance(before, BaseException):
+                    raise before
             except Exception as error:  # the library's own API failed: say so, change nothing
                 self.cannot.append(Cannot(row.name, f"its size cannot be read ({type(error).__name__}: {error})",
                                           "check it with the library's own API"))
@@ -227,7 +251,8 @@ class _Setting:
                                           "call tcap.apply from the main thread"))
             if row.limit is None:
                 if before > cap:
-                    self.cannot.append(Cannot(row.name, f"its pool is fixed at {before} since import",
+                    what = WHAT.get(row.name, "its pool is fixed at {before} since import")
+                    self.cannot.append(Cannot(row.name, what.format(before=before, cap=cap),
                                               RESTART.format(profile=profile, module=row.module)
                                               + HINTS.get(row.name, "")))
                     self.explained.append(((getattr(module, "__file__", None), row.name), before))
@@ -390,8 +415,9 @@ def apply(profile: str | None = None, *, threads: Count = None, blas: Count = No
         if not _ORIGINAL_CPUS and now is not None:
             _ORIGINAL_CPUS.append(now)
         _pin_threads(cpu_list)
+    read = registry_reads() if _numeric_loaded() else {}
     variables = _set_environ(wanted, remember=True)
-    setting = _Setting(plan.caps, plan.profile)
+    setting = _Setting(plan.caps, plan.profile, read)
     if mode != "off":
         probe = probe_module()
         probe.configure(main=threading.main_thread().ident, explained=setting.explained)
