@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -363,3 +364,37 @@ def test_an_inherited_variable_stays_the_users(iso: Isolated) -> None:
     """, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
+
+
+MYPY = Path(PYTHON).parent / "mypy"
+
+
+@pytest.mark.skipif(not MYPY.exists(), reason="mypy (the dev extra) is not installed")
+def test_the_api_is_typed_for_mypy_strict(tmp_path: Path) -> None:
+    """A user's script type-checks against tcap's API (py.typed), and a
+    wrong call is caught."""
+    script = tmp_path / "user.py"
+    good = textwrap.dedent("""
+        import tcap
+
+        applied: tcap.Applied = tcap.apply("serial", workers=2)
+        caps: dict[str, int] = applied.caps
+        changed = [pool.before - pool.after for pool in applied.pools]
+        with tcap.limits(threads=1) as block:
+            print(block.caps["blas"], [item.instead for item in applied.cannot])
+
+        @tcap.limits("serial")
+        def fit() -> int:
+            return 1
+
+        print(fit() + 1, changed, caps)
+    """)
+    script.write_text(good)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYPY")}
+    run = subprocess.run([str(MYPY), "--strict", "--no-incremental", str(script)], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout
+    script.write_text(good + "tcap.apply(threads=[1])\n")
+    run = subprocess.run([str(MYPY), "--strict", "--no-incremental", str(script)], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 1 and '"threads" to "apply"' in run.stdout
