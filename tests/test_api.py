@@ -398,3 +398,33 @@ def test_the_api_is_typed_for_mypy_strict(tmp_path: Path) -> None:
     run = subprocess.run([str(MYPY), "--strict", "--no-incremental", str(script)], capture_output=True,
                          text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode == 1 and '"threads" to "apply"' in run.stdout
+
+
+def test_limits_raising_the_caps_on_purpose_is_no_violation(iso: Isolated) -> None:
+    """With the probe running, a limits block's caps are the probe's for the
+    block: raising them on purpose is silent, the same raise after it is not."""
+    result = run_program(iso, """
+        import sys, time
+        import numpy, threadpoolctl
+        import tcap
+        tcap.apply("serial")
+        with tcap.limits(threads=2):
+            time.sleep(1.2)
+        print("left", file=sys.stderr, flush=True)
+        threadpoolctl.threadpool_limits(2, user_api="blas")
+        time.sleep(2.5)
+    """)
+    assert result.returncode == 0, result.stderr
+    inside, _, after = result.stderr.partition("left\n")
+    assert "tcap: warning" not in inside
+    assert "openblas (blas) has 2 threads, cap 1" in after
+
+
+def test_notebook_apply_without_load_ext(iso: Isolated) -> None:
+    outputs = run_notebook(iso, [
+        "import numpy, threadpoolctl, tcap\ntcap.apply('serial'); None",
+        "threadpoolctl.threadpool_limits(2, user_api='blas'); None",
+        "%tcap",
+    ])
+    assert "openblas (blas) has 2 threads, cap 1 [profile serial]" in outputs[1]["stderr"]
+    assert "tcap: profile serial, verify warn" in outputs[2]["stdout"]
