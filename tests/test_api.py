@@ -428,3 +428,23 @@ def test_notebook_apply_without_load_ext(iso: Isolated) -> None:
     ])
     assert "openblas (blas) has 2 threads, cap 1 [profile serial]" in outputs[1]["stderr"]
     assert "tcap: profile serial, verify warn" in outputs[2]["stdout"]
+
+
+@pytest.mark.parametrize("verify", ["warn", "off"])
+def test_auto_placement_books_and_pins(iso: Isolated, verify: str) -> None:
+    bookings = iso.root / "bookings"
+    result = run_program(iso, f"""
+        import json, os, subprocess, sys
+        import tcap
+        applied = tcap.apply(cpus="auto:1", verify="{verify}")
+        print("pinned=" + json.dumps(applied.pinned))
+        print("mask=" + json.dumps(sorted(os.sched_getaffinity(0))))
+        listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tcap"), "bookings", "--json"],
+                                capture_output=True, text=True)
+        print("booked=" + json.dumps([b["cpus"] for b in json.loads(listed.stdout)["bookings"]
+                                      if os.getpid() in b["pids"]]))
+    """, env={"TCAP_BOOKINGS_DIR": str(bookings)})
+    assert result.returncode == 0, result.stderr
+    seen = lines_of(result.stdout)
+    assert len(seen["pinned"]) == 1 and seen["mask"] == seen["pinned"]
+    assert seen["booked"] == [seen["pinned"]]

@@ -391,26 +391,24 @@ def apply(profile: str | None = None, *, threads: Count = None, blas: Count = No
                                    "cpus": cpus, "set": set, "verify": verify, "share": share})
     environ = _as_before_apply(os.environ)
     now = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    if _ORIGINAL_CPUS and now is not None and now != _ORIGINAL_CPUS[0]:
-        _pin_threads(_ORIGINAL_CPUS[0])  # planned on the CPUs the process had before the first apply
-        try:
-            plan = _plan(options, environ)
-        except BaseException:
-            _pin_threads(now)  # nothing half-done
-            raise
-    else:
+    restored = bool(_ORIGINAL_CPUS) and now is not None and now != _ORIGINAL_CPUS[0]
+    try:
+        if restored:
+            _pin_threads(_ORIGINAL_CPUS[0])  # planned on the CPUs the process had before the first apply
         plan = _plan(options, environ)
-    notes = list(plan.launch_notes)
-    recipe = recipe_of(plan, environ)
-    base = _without_probe(environ) if plan.verify == "off" else environ
-    wanted = child_environ(recipe, base)
+        notes = list(plan.launch_notes)
+        recipe = recipe_of(plan, environ)
+        base = _without_probe(environ) if plan.verify == "off" else environ
+        wanted = child_environ(recipe, base)
+        cpu_list = pin(recipe, os.environ, wanted)  # books auto:N CPUs (TCAP_CPUS in wanted), pins this thread
+    except BaseException:
+        if restored and now is not None:
+            _pin_threads(now)  # nothing half-done
+        raise
     mode = plan.verify
     if mode == "strict":
         notes.append("verify strict needs tcap to supervise the program; in a running process it runs as warn")
         wanted["TCAP_VERIFY"] = mode = "warn"
-    pin(recipe, os.environ, wanted)  # books auto:N CPUs (TCAP_CPUS in wanted), pins this thread
-    pinned = wanted.get("TCAP_CPUS") if recipe.get("place") else None
-    cpu_list = recipe["pin"] if not pinned else [int(cpu) for cpu in pinned.split(",")]
     if cpu_list is not None:
         if not _ORIGINAL_CPUS and now is not None:
             _ORIGINAL_CPUS.append(now)

@@ -88,10 +88,11 @@ def probe_environ(plan: Plan, environ: Mapping[str, str]) -> tuple[str, dict[str
     return os.path.join(here, "_bootstrap"), extra
 
 
-def pin(recipe: Mapping[str, Any], environ: Mapping[str, str], child: dict[str, str] | None = None) -> None:
+def pin(recipe: Mapping[str, Any], environ: Mapping[str, str], child: dict[str, str] | None = None) -> list[int] | None:
     """Apply the recipe's CPU pinning to this process (children inherit it);
     for auto placement, book the CPUs first (tcap.placement), and tell the
-    probe in ``child`` (the child's environment) which CPUs were booked."""
+    probe in ``child`` (the child's environment) which CPUs were booked.
+    Returns the CPUs pinned to (None: the affinity is left alone)."""
     cpus = recipe.get("pin")
     if recipe.get("place"):
         from tcap.placement import book
@@ -100,11 +101,12 @@ def pin(recipe: Mapping[str, Any], environ: Mapping[str, str], child: dict[str, 
         if child is not None and recipe.get("bootstrap"):
             child["TCAP_CPUS"] = ",".join(str(cpu) for cpu in sorted(cpus))
     if cpus is None:
-        return
+        return None
     try:
         set_affinity(cpus)
     except (OSError, AttributeError) as failure:
         raise TcapError(f"cannot pin to CPUs {cpus}: {failure}", code=EXIT_INTERNAL) from None
+    return sorted(cpus)
 
 
 def set_affinity(cpus: Sequence[int]) -> None:
