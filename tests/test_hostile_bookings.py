@@ -488,7 +488,7 @@ def test_forty_launches_by_three_users_at_once(users: tuple[User, User, User], s
                 allowed = {"share": ("", f"tcap: notice: cpus auto:1: 0 free among {PAIR_TEXT}; sharing CPU {cpu} "
                                          "with other tcap launches\n"),
                            "error": ("",),
-                           "wait": ("", f"tcap: waiting for 1 free CPUs among {PAIR_TEXT}...\n")}[on_full]
+                           "wait": ("", f"tcap: waiting for 1 free CPU among {PAIR_TEXT}...\n")}[on_full]
                 assert err in allowed, err
             else:
                 assert code == 75 and err == (f'tcap: error: cpus auto:1: only 0 of the CPUs {PAIR_TEXT} are free '

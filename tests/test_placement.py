@@ -400,7 +400,7 @@ def test_on_full_wait_times_out(iso: Isolated, hold: Callable[..., Holder]) -> N
     elapsed = time.monotonic() - began
     assert result.returncode == 75, result.stderr
     assert result.stderr.splitlines() == [
-        f"tcap: waiting for 1 free CPUs among {PAIR_TEXT}...",
+        f"tcap: waiting for 1 free CPU among {PAIR_TEXT}...",
         f"tcap: error: cpus auto:1: only 0 of the CPUs {PAIR_TEXT} are free after waiting 1 s",
     ]
     assert 1.0 <= elapsed < 1.0 + 20, elapsed
@@ -412,7 +412,7 @@ def test_on_full_wait_starts_once_a_cpu_is_free(iso: Isolated, hold: Callable[..
     first, second = hold(), hold()
     first.started(), second.started()
     waiter = hold()
-    assert read_line(waiter.process.stderr) == f"tcap: waiting for 1 free CPUs among {PAIR_TEXT}...\n"
+    assert read_line(waiter.process.stderr) == f"tcap: waiting for 1 free CPU among {PAIR_TEXT}...\n"
     assert waiter.process.poll() is None
     assert first.release() == 0
     assert waiter.started() == first.cpus

@@ -235,7 +235,7 @@ def test_report_plot_draws_a_real_report(iso: Isolated) -> None:
     assert made.returncode == 0, made.stderr
     result = iso.run("report", "r.json", "--plot", "rep.png", timeout=HANG)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("node ") and "verdict: 1 reports from 1 node" in result.stdout
+    assert result.stdout.startswith("node ") and "verdict: 1 report from 1 node" in result.stdout
     assert png_size(iso.work / "rep.png") == ONE_PANEL
     assert (iso.work / "rep.png").stat().st_size > 20_000
 

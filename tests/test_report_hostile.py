@@ -191,7 +191,7 @@ def test_every_field_of_a_real_report_damaged_is_merged_or_one_line(iso: Isolate
                 assert stdout == "" and not out.exists(), case
             else:
                 assert code in (0, 1), case
-                assert stderr == "" and stdout.splitlines()[-1].startswith("verdict: 1 reports from 1 node: "), case
+                assert stderr == "" and stdout.splitlines()[-1].startswith("verdict: 1 report from 1 node: "), case
                 assert "\x1b" not in stdout
                 strict_json(out.read_text())
     assert tried > 500 and 0 < refused < tried, (tried, refused)
@@ -435,7 +435,7 @@ def test_json_replaces_a_symlink_instead_of_following_it(iso: Isolated, small_re
     assert result.returncode == 1, result.stderr  # the report's violation
     assert victim.read_text() == "precious\n"
     assert not (iso.work / "m.json").is_symlink()
-    assert strict_json((iso.work / "m.json").read_text())["verdict"].startswith("1 reports from 1 node")  # type: ignore[index]
+    assert strict_json((iso.work / "m.json").read_text())["verdict"].startswith("1 report from 1 node")  # type: ignore[index]
 
 
 @pytest.mark.parametrize("what", ["fifo", "directory"])

@@ -333,7 +333,7 @@ def test_report_merges_launches_of_several_nodes(sv: Isolated) -> None:
     (sv.work / "b.json").write_text(json.dumps(other))
     merged = sv.run("report", "--json", "m.json", "a.json", "b.json", cwd=sv.work)
     assert merged.returncode == 0 and merged.stderr == "", merged.stderr
-    assert len(re.findall(r"^node \S+: 1 launch, 1 processes$", merged.stdout, re.M)) == 2, merged.stdout
+    assert len(re.findall(r"^node \S+: 1 launch, 1 process$", merged.stdout, re.M)) == 2, merged.stdout
     assert re.search(r"^verdict: 2 reports from 2 nodes: all pools within caps \(2 processes", merged.stdout, re.M)
     assert json.loads((sv.work / "a.json").read_text())["launch"]["budget_samples"]["encoding"] == SAMPLES_ENCODING
     data = json.loads((sv.work / "m.json").read_text())

@@ -204,7 +204,7 @@ def test_json(iso: Isolated) -> None:
 
 
 def saved_median(text: str) -> float:
-    pattern = r"^# median wall (\d+\.\d{3}) s \(min \d+\.\d{3}, max \d+\.\d{3}\) over 1 runs; best: "
+    pattern = r"^# median wall (\d+\.\d{3}) s \(min \d+\.\d{3}, max \d+\.\d{3}\) over 1 run; best: "
     match = re.search(pattern, text, re.M)
     assert match, text
     return float(match.group(1))

@@ -281,9 +281,11 @@ def aliases_text(options: Mapping[str, Any], environ: Mapping[str, str], shell: 
             continue
         import socket
 
+        from tcap.plural import counted
+
         header = (
             f"{alias}: static alias of profile {printable(profile.name)} ({printable(profile.path)}), resolved on "
-            f"{socket.gethostname()} on {datetime.date.today().isoformat()} for {plan.cpus} usable CPUs.\n"
+            f"{socket.gethostname()} on {datetime.date.today().isoformat()} for {counted(plan.cpus, 'usable CPU')}.\n"
             "It goes stale when the profile, the site policy or the machine changes: run "
             "`tcap alias --static` again then."
         )

@@ -16,6 +16,7 @@ from typing import Any
 from tcap.cpuset import format_cpu_list
 from tcap.errors import TcapError
 from tcap.machine import Machine, read_machine, read_numa, usable
+from tcap.plural import counted
 from tcap.recipe import THREAD_VARIABLES, build_plan
 
 #: Seconds the child may take to import the numeric stack.
@@ -118,9 +119,9 @@ def hazards(
         names = " and ".join(what(lib) for lib in limited)
         built, it = ("is", "it") if len(limited) == 1 else ("are", "them")
         found.append({
-            "what": f"{names} {built} built for at most {limit} threads, but {max(usable_count, visible)} CPUs "
-            f"are visible: without tcap, OpenMP code calling {it} from every CPU (a KMeans fit) crashes with "
-            f"\"precompiled NUM_THREADS exceeded\"",
+            "what": f"{names} {built} built for at most {counted(limit, 'thread')}, but "
+            f"{max(usable_count, visible)} CPUs are visible: without tcap, OpenMP code calling {it} from every "
+            f"CPU (a KMeans fit) crashes with \"precompiled NUM_THREADS exceeded\"",
             "fix": f"tcap run -p kmeans -- {script}   (tcap now caps OpenMP and OpenBLAS at {limit} for "
             f"this interpreter)",
         })
@@ -140,8 +141,8 @@ def hazards(
         })
     if (facts["quota"] is not None or facts["slurm"] is not None) and usable_count < visible:
         limit_text = (
-            f"the cgroup quota of {facts['quota']:g} CPUs" if facts["quota"] is not None
-            else f"Slurm's allocation of {facts['slurm']} CPUs"
+            f"the cgroup quota of {counted(facts['quota'], 'CPU')}" if facts["quota"] is not None
+            else f"Slurm's allocation of {counted(facts['slurm'], 'CPU')}"
         )
         found.append({
             "what": f"{visible} CPUs are visible but {limit_text} keeps only {usable_count} busy: OpenMP, "
@@ -160,7 +161,7 @@ def hazards(
         if value.isdigit() and int(value) > usable_count:
             found.append({
                 "what": f"{name}={environ[name]} in this environment asks for more threads than the "
-                f"{usable_count} usable CPUs",
+                f"{counted(usable_count, 'usable CPU')}",
                 "fix": f"tcap run -- {script}   (tcap lowers it to {usable_count})",
             })
     return found, notes
@@ -209,16 +210,16 @@ def text(report: Mapping[str, Any], plan_text: str) -> str:
     lines = ["machine"]
     lines.append(f"  online CPUs      {m['online']}  (os.cpu_count())")
     if m["affinity"] is not None:
-        lines.append(f"  affinity mask    {m['affinity_count']} CPUs: {m['affinity']}")
+        lines.append(f"  affinity mask    {counted(m['affinity_count'], 'CPU')}: {m['affinity']}")
     if m["physical"] is not None:
         smt = f", {m['threads_per_core']} hardware threads per core (SMT)" if m["threads_per_core"] > 1 else ", no SMT"
         lines.append(f"  physical cores   {m['physical']}{smt}")
     if m["numa"] is not None:
         nodes = "; ".join(f"node{i}: {cpus}" for i, cpus in enumerate(m["numa"]))
         lines.append(f"  NUMA nodes       {len(m['numa'])} ({nodes})")
-    quota = "none" if m["quota"] is None else f"{m['quota']:g} CPUs ({m['quota_source']})"
+    quota = "none" if m["quota"] is None else f"{counted(m['quota'], 'CPU')} ({m['quota_source']})"
     lines.append(f"  cgroup quota     {quota}")
-    slurm = "not in a Slurm job" if m["slurm"] is None else f"{m['slurm']} CPUs ({m['slurm_source']})"
+    slurm = "not in a Slurm job" if m["slurm"] is None else f"{counted(m['slurm'], 'CPU')} ({m['slurm_source']})"
     lines.append(f"  Slurm            {slurm}")
     lines.append(f"  usable CPUs      {m['usable']}  ({m['usable_why']})")
     p = report["python"]
@@ -233,7 +234,7 @@ def text(report: Mapping[str, Any], plan_text: str) -> str:
     for lib in report["libraries"]:
         limit = lib.get("max_threads")
         layer = f", {lib['threading_layer']} threads" if lib.get("threading_layer") else ""
-        built = f", built for at most {limit} threads" if limit else ""
+        built = f", built for at most {counted(limit, 'thread')}" if limit else ""
         lines.append(f"  {what(lib)} ({lib.get('user_api')}{layer}{built})")
         lines.append(f"      {lib.get('filepath')}")
     for note in report["notes"]:

@@ -367,11 +367,14 @@ def book(place: Mapping[str, Any], environ: Mapping[str, str], pid: int | None =
             if on_full == "error" or time.monotonic() >= deadline:
                 why = f"after waiting {timeout:g} s" if on_full == "wait" else "(policy on_full = \"error\")"
                 raise TcapError(
-                    f"cpus auto:{count}: only {len(free)} of the CPUs {_cpu_text(allowed)} are free {why}",
+                    f"cpus auto:{count}: only {len(free)} of the CPUs {_cpu_text(allowed)} "
+                    f"{'is' if len(free) == 1 else 'are'} free {why}",
                     code=EXIT_BUSY,
                 )
             if not waited:
-                sys.stderr.write(f"tcap: waiting for {count} free CPUs among {_cpu_text(allowed)}...\n")
+                from tcap.plural import counted
+
+                sys.stderr.write(f"tcap: waiting for {counted(count, 'free CPU')} among {_cpu_text(allowed)}...\n")
                 waited = True
             time.sleep(0.2)
     except OSError as failure:

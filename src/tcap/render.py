@@ -9,6 +9,7 @@ from typing import Any
 from tcap.cpuset import format_cpu_list
 from tcap.errors import printable as printable  # re-exported: commands print through it
 from tcap.plan import Plan, inherited_overrides, on_planned_cpus
+from tcap.plural import counted
 from tcap.profiles import Listing
 from tcap.variables import VARIABLES
 
@@ -37,7 +38,7 @@ def plan_text(plan: Plan, environ: Mapping[str, str]) -> str:
             pinned = "affinity left as it is"
         lines.append(f"cpu set   {format_cpu_list(plan.cpu_set)}  ({pinned}; {plan.why['cpu_set']})")
     if plan.physical is not None:
-        lines.append(f"physical  {plan.physical} cores in the set")
+        lines.append(f"physical  {counted(plan.physical, 'core')} in the set")
     if plan.workers is not None:
         lines.append(f"workers   {plan.workers}  ({plan.why['workers']})")
     lines.append(f"verify    {plan.verify}  ({plan.why['verify']})")
@@ -132,10 +133,10 @@ def comment(text: str) -> str:
 
 def env_script(plan: Plan, shell: str) -> str:
     """Commands that set the plan's variables in ``shell``."""
-    lines = [comment(f"tcap env: profile {plan.profile} ({plan.cpus} usable CPUs)")]
+    lines = [comment(f"tcap env: profile {plan.profile} ({counted(plan.cpus, 'usable CPU')})")]
     if plan.place is not None:
         lines.append(
-            f"# this plan books {plan.place} CPU(s) at launch (cpus auto:{plan.place}); a shell cannot: "
+            f"# this plan books {counted(plan.place, 'CPU')} at launch (cpus auto:{plan.place}); a shell cannot: "
             "use `tcap run` for the booking and pinning"
         )
     if plan.pin is not None:

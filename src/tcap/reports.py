@@ -17,6 +17,7 @@ from array import array
 
 from tcap import fields, safefile
 from tcap.errors import EXIT_USAGE, printable
+from tcap.plural import counted
 from tcap.supervise import (
     MAX_COUNT,
     MAX_MS,
@@ -205,7 +206,7 @@ def _packed(value: Mapping[str, Any], where: str) -> Samples:
     columns = []
     for (name, _, typecode), data in zip(SAMPLE_COLUMNS, raw):
         if name in ("threads", "processes") and len(data) != 4 * runs:
-            raise fields.Bad(f"{where}.{name}: {len(data) // 4} values, where changes has {runs}")
+            raise fields.Bad(f"{where}.{name}: {counted(len(data) // 4, 'value')}, where changes has {runs}")
         column = array(typecode)
         column.frombytes(data)
         if sys.byteorder == "big":
@@ -353,7 +354,8 @@ def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
         budget = merged_budget(max(cpus) if cpus else None, [item.samples for item in launches]).result()
         budgets.append((host, budget))
         noun = "launch" if len(launches) == 1 else "launches"
-        lines.append(f"node {printable(host)}: {len(launches)} {noun}, {len(processes)} processes\n")
+        lines.append(f"node {printable(host)}: {len(launches)} {noun}, "
+                     f"{counted(len(processes), 'process', 'processes')}\n")
         lines.append(table(processes, prefix=""))
         if budget["cpus"]:
             state = "VIOLATION" if budget["violated"] else "ok"
@@ -370,7 +372,7 @@ def merge_reports(reports: Sequence[Report]) -> tuple[str, dict[str, Any]]:
     if over:
         verdict += f"; over the launch budget on {', '.join(printable(host) for host in over)}"
     plural = "s" if len(nodes) != 1 else ""
-    verdict = f"{len(reports)} reports from {len(nodes)} node{plural}: {verdict}"
+    verdict = f"{counted(len(reports), 'report')} from {len(nodes)} node{plural}: {verdict}"
     lines.append(findings({**summary, "budget": {"cpus": None}}, prefix=""))
     lines.append(f"verdict: {verdict}\n")
     data = {"nodes": out_nodes, "verdict": verdict, "violations": summary["violations"],

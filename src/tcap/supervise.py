@@ -33,6 +33,7 @@ from array import array
 
 from tcap import fields, safefile
 from tcap.errors import EXIT_IO, EXIT_VIOLATION, one_line, printable
+from tcap.plural import counted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -1217,7 +1218,7 @@ def busy_text(process: Mapping[str, Any]) -> str:
 def budget_text(budget: Mapping[str, Any]) -> str:
     """"peak 4 busy threads on 2 CPUs across 2 busy processes, above them for 5.5 s"."""
     noun = "process" if budget["processes_at_peak"] == 1 else "processes"
-    text = (f"peak {budget['peak_pool_threads']} busy threads on {budget['cpus']} CPUs across "
+    text = (f"peak {counted(budget['peak_pool_threads'], 'busy thread')} on {counted(budget['cpus'], 'CPU')} across "
             f"{budget['processes_at_peak']} busy {noun}")
     if budget["longest_over_seconds"]:
         text += f", above them for {budget['longest_over_seconds']:g} s"

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tcap.errors import TcapError
+from tcap.plural import counted
 
 DIMENSIONS = ("threads", "blas", "openmp", "workers")
 SAMPLE = 0.1
@@ -248,6 +249,10 @@ def saved_profile_path(name: str, environ: Mapping[str, str]) -> str:
     return path
 
 
+def _fastest(count: int) -> str:
+    return "the only configuration" if count == 1 else f"the fastest of {count} configurations"
+
+
 def profile_text(base: str, best: Result, ranked: Sequence[Result], verdict: str, command: Sequence[str]) -> str:
     """The saved profile: TOML strings through json (a valid TOML basic
     string), comments kept on one line each."""
@@ -260,10 +265,10 @@ def profile_text(base: str, best: Result, ranked: Sequence[Result], verdict: str
     s = best.summary()
     shown = comment(shlex.join(command))
     lines = [
-        f"{SAVED_MARK} on {datetime.date.today().isoformat()}: the fastest of {len(ranked)} configurations for",
+        f"{SAVED_MARK} on {datetime.date.today().isoformat()}: {_fastest(len(ranked))} for",
         f"#   {shown}",
         f"# median wall {s['wall_median']:.3f} s (min {s['wall_min']:.3f}, max {s['wall_max']:.3f}) over "
-        f"{len(best.ok)} runs; {comment(verdict)}",
+        f"{counted(len(best.ok), 'run')}; {comment(verdict)}",
     ]
     for other in ranked[1:4]:
         o = other.summary()
@@ -337,7 +342,7 @@ def run_sweep(options: Mapping[str, Any], command: Sequence[str], environ: Mappi
     except (KeyboardInterrupt, Stopped) as stop:
         interrupted = True
         stopped_by = signal.SIGTERM if isinstance(stop, Stopped) else signal.SIGINT
-        sys.stderr.write(f"tcap sweep: interrupted after {done} of {total} runs; results so far:\n")
+        sys.stderr.write(f"tcap sweep: interrupted after {done} of {counted(total, 'run')}; results so far:\n")
     finally:
         signal.signal(signal.SIGTERM, previous)
     ranked, verdict = rank(results)
