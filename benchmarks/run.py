@@ -13,6 +13,7 @@ import alias  # noqa: E402
 import kernel  # noqa: E402
 import launcher  # noqa: E402
 import noflags  # noqa: E402
+import plugin  # noqa: E402
 import probe  # noqa: E402
 import profiles  # noqa: E402
 import ranks  # noqa: E402
@@ -43,6 +44,7 @@ SECTIONS = {
     "ranks": lambda args: ranks.run(args.workload_rounds + 2),
     "report": lambda args: report.run(),
     "noflags": lambda args: noflags.run(args.workload_rounds),
+    "plugin": lambda args: plugin.run(args.workload_rounds),
 }
 
 
