@@ -219,6 +219,9 @@ class _Setting:
         thread = threading.Thread(target=lambda: seen.append(lib.get_num_threads()), name="tcap-apply")
         thread.start()
         thread.join()
+        if not _on_main_thread():
+            self.cannot.append(Cannot(lib.internal_api, "set on this thread only: OpenMP keeps its size per thread, "
+                                      "and this is not the main thread", "call tcap.apply from the main thread"))
         if seen and seen[0] > cap:
             where = "other threads" if _on_main_thread() else "the main thread and other threads"
             self.cannot.append(Cannot(
