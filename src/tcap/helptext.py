@@ -87,7 +87,8 @@ HELP: dict[str, Help] = {
         "process over time against the CPUs, the shares and the violations; {rank},\n"
         "{host}, {pid} too. With --report, --report-json, --plot or verify strict,\n"
         "tcap supervises the command instead of exec-ing it; strict exits 86 when a\n"
-        "pool went over its cap.",
+        "pool went over its cap. --kernel: with verification on, tcap also checks\n"
+        "the pools after every cell of the kernel.",
         (("tcap run -p serial -- python fit.py", "one thread per pool"),
          ("tcap run -p kmeans --workers 2 -- python fit.py", "a pool of 2 fits sharing the CPUs"),
          ("tcap run --threads cpus/2 --report -- python fit.py", "then a report of every process"),

@@ -141,7 +141,8 @@ def env_script(plan: Plan, shell: str) -> str:
         )
     if plan.pin is not None:
         cpus = format_cpu_list(plan.pin)
-        lines.append(f"# this plan pins to CPUs {cpus}; a shell cannot do that for itself: use `taskset -c {cpus} CMD`")
+        lines.append(f"# this plan pins to CPU{'s' if len(plan.pin) != 1 else ''} {cpus}; a shell cannot do that "
+                     f"for itself: use `taskset -c {cpus} CMD`")
     changes = list(plan.env)
     if plan.pin is not None or plan.place is not None:
         # Left alone, a library counts the CPUs it may run on; a shell cannot
