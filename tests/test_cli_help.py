@@ -94,6 +94,11 @@ def test_help_after_the_command_to_run_is_the_command_s(iso: Isolated) -> None:
     assert (result.returncode, result.stdout) == (0, "['--help']\n"), result.stderr
 
 
+def test_help_before_or_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert helped(capsys, "--help", "sweep") == helped(capsys, "sweep", "--help") == helped(capsys, "-h", "sweep")
+    assert helped(capsys, "help", "help") == helped(capsys, "--help")
+
+
 def test_help_for_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown command 'rnu' (did you mean 'run'?)" in failed(capsys, "help", "rnu")
     assert "unknown command 'kernel nope'" in failed(capsys, "help", "kernel", "nope")

@@ -2,7 +2,8 @@
 
 The parser is hand-written rather than argparse because ``tcap run`` sits
 in front of every program it launches: argparse (with gettext) costs more
-than the whole cached launch.  The commands live in ``tcap.commands``.
+than the whole cached launch.  The commands live in ``tcap.commands``; the
+help pages in ``tcap.helptext``, imported only when help is asked for.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _help(words: Sequence[str]) -> str:
     """The help page ``tcap help WORDS`` asks for (none: the top level)."""
     from tcap import helptext
 
-    if not words:
+    if not words or words[0] == "help":
         return helptext.top_help()
     name = " ".join(words[:2]) if words[0] == "kernel" and len(words) > 1 else words[0]
     if name != "kernel" and name not in COMMANDS:
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] in ("-h", "--help", "help"):
-            sys.stdout.write(_help(args[1:] if args[0] == "help" else []))
+            sys.stdout.write(_help(args[1:]))  # tcap help run, tcap --help run
             return 0
         if args and args[0] == "--version":
             from tcap import __version__
