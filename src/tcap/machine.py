@@ -313,10 +313,11 @@ def usable(machine: Machine, cpus: frozenset[int] | None) -> tuple[int, str]:
         reasons.append(f"{count} CPU{'s' if count != 1 else ''} in the set {format_cpu_list(cpus)}")
     else:
         count = machine.online or 1
-        reasons.append(f"{count} CPUs reported by the OS (no affinity mask)")
+        reasons.append(f"{count} CPU{'s' if count != 1 else ''} reported by the OS (no affinity mask)")
     if machine.quota is not None:
         limit = max(1, -int(-machine.quota // 1))  # ceil, without importing math
-        reasons.append(f"cgroup quota {machine.quota:g} CPUs ({machine.quota_source}) -> {limit}")
+        reasons.append(f"cgroup quota {machine.quota:g} CPU{'' if machine.quota == 1 else 's'} "
+                       f"({machine.quota_source}) -> {limit}")
         count = min(count, limit)
     if machine.slurm is not None:
         reasons.append(f"Slurm {machine.slurm_source}={machine.slurm}")

@@ -58,11 +58,13 @@ class _OwnChoice:
         if variable.own == "fixed" and variable.own_limit is not None:
             return variable.own_limit, f"{variable.own_limit} threads, whatever the CPUs"
         if variable.own == "online":
-            n, why = self.online, f"the {self.online} online CPUs, whatever its affinity mask"
+            n, why = self.online, (f"the {self.online} online CPU{'' if self.online == 1 else 's'}, whatever its "
+                                   "affinity mask")
         elif variable.own == "physical" and self.physical is not None:
-            n, why = self.physical, f"the {self.physical} physical cores in its affinity mask"
+            n, why = self.physical, (f"the {self.physical} physical core{'' if self.physical == 1 else 's'} in its "
+                                     "affinity mask")
         else:
-            n, why = self.affinity, f"the {self.affinity} CPUs in its affinity mask"
+            n, why = self.affinity, f"the {self.affinity} CPU{'' if self.affinity == 1 else 's'} in its affinity mask"
         if variable.quota_aware and self.quota is not None and self.quota < n:
             n, why = self.quota, f"{why}, lowered to the cgroup quota of {self.quota}"
         if variable.own_limit is not None and n > variable.own_limit:
