@@ -91,6 +91,19 @@ def timed(argv: Sequence[str], env: Mapping[str, str]) -> float:
     return elapsed
 
 
+def import_cost(env: Mapping[str, str], runs: int = 15) -> list[float]:
+    """Milliseconds ``import tcap.pytest_plugin`` takes (tcap's package
+    included) in an interpreter that has pytest imported, as -X importtime
+    reports it, ``runs`` times; whether bytecode is cached follows ``env``."""
+    costs = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pytest; import tcap.pytest_plugin"],
+                              env=dict(env), capture_output=True, text=True, check=True, timeout=60)
+        line = next(line for line in done.stderr.splitlines() if line.rstrip().endswith("| tcap.pytest_plugin"))
+        costs.append(int(line.split("|")[1]) / 1000)
+    return costs
+
+
 def measure(
     rounds: int, env: Mapping[str, str], warmup: bool = True, inert_rounds: int = INERT_PER_ROUND,
     log: bool = False,
@@ -125,7 +138,8 @@ def _cell(values: Sequence[float]) -> str:
     return f"{median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
-def section(samples: Mapping[str, list[float]], rounds: int, scale: float, load: tuple[float, float]) -> str:
+def section(samples: Mapping[str, list[float]], rounds: int, scale: float, load: tuple[float, float],
+            imports: Sequence[float] = ()) -> str:
     base = median(samples["no --tcap"])
     rows = []
     for name in CONFIGS:
@@ -163,7 +177,11 @@ def section(samples: Mapping[str, list[float]], rounds: int, scale: float, load:
         "(benchmarks/workloads/plugin/inert/, no xdist), the plugin loaded against `-p no:tcap`, "
         f"{len(loaded)} pairs, each pair in alternating order: loaded {_cell(loaded)} s, without "
         f"{_cell(alone)} s; the difference within a pair {median(paired):+.1f} ms median "
-        f"({min(paired):+.1f}…{max(paired):+.1f}).",
+        f"({min(paired):+.1f}…{max(paired):+.1f})."
+        + (f" Importing the plugin (and tcap's package) takes {median(imports):.2f} ms "
+           f"({min(imports):.2f}–{max(imports):.2f}, -X importtime, {len(imports)} runs"
+           + (", compiled from source each time: PYTHONDONTWRITEBYTECODE is set"
+              if os.environ.get("PYTHONDONTWRITEBYTECODE") else "") + ")." if imports else ""),
         "",
     ]
     return "\n".join(lines)
@@ -178,7 +196,8 @@ def run(rounds: int, scale: float | None = None, log: bool = True) -> str:
         before = os.getloadavg()[0]
         samples = measure(rounds, env, log=log)
         after = os.getloadavg()[0]
-    return section(samples, rounds, scale, (before, after))
+        imports = import_cost(env)
+    return section(samples, rounds, scale, (before, after), imports)
 
 
 def main() -> int:

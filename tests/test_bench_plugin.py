@@ -30,8 +30,8 @@ def env() -> Iterator[dict[str, str]]:
 @pytest.mark.parametrize("config", list(plugin.CONFIGS))
 def test_the_suite_passes(config: str, env: dict[str, str]) -> None:
     """The benchmark's command (its -q undone by a -v, so the header shows)."""
-    done = subprocess.run([*plugin.suite_command(config), "-v"], cwd=plugin.HERE, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run([*plugin.suite_command(config), "-v"], cwd=plugin.HERE, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "48 passed" in done.stdout
     header = [line for line in done.stdout.splitlines() if line.startswith("tcap: profile")]
@@ -44,7 +44,9 @@ def test_the_suite_passes(config: str, env: dict[str, str]) -> None:
 def test_measure_and_section(env: dict[str, str]) -> None:
     samples = plugin.measure(1, env, warmup=False, inert_rounds=1)
     assert all(len(times) == 1 and times[0] > 0 for times in samples.values()), samples
-    text = plugin.section(samples, 1, TINY, (0.5, 0.7))
+    imports = plugin.import_cost(env, runs=2)
+    assert len(imports) == 2 and all(0 < ms < 1000 for ms in imports)
+    text = plugin.section(samples, 1, TINY, (0.5, 0.7), imports)
     lines = text.splitlines()
     assert lines[0] == "## pytest plugin"
     rows = [line for line in lines if line.startswith("| `pytest -n 2")]
@@ -52,6 +54,7 @@ def test_measure_and_section(env: dict[str, str]) -> None:
     assert rows[0].startswith("| `pytest -n 2` |") and rows[0].endswith("| 1.00 |")
     assert any(line.startswith("Target (`--tcap default` ≥ 1.5× faster than without): ") for line in lines)
     assert "Work scaled by 0.02 (PLUGIN_SCALE)." in text
+    assert "Importing the plugin (and tcap's package) takes " in text
 
 
 def test_a_failing_command_is_an_error(env: dict[str, str]) -> None:
