@@ -739,7 +739,7 @@ def test_tcap_magic_and_load_ext(warn_kernel: tuple[Any, Any]) -> None:
     table = execute(kc, "%tcap").ok()
     lines = table.stdout.splitlines()
     assert lines[0].startswith(f"tcap: profile {PROFILE}, verify warn, ")
-    assert lines[0].endswith(" 1 CPUs in affinity")
+    assert lines[0].endswith(" 1 CPU in affinity")
     assert lines[1].split() == ["LIBRARY", "API", "THREADS", "CAP", "STATUS"]
     rows = [line.split() for line in lines[2:] if line.startswith("openblas")]
     assert rows and all(row == ["openblas", "blas", "1", "1", "ok"] for row in rows), lines

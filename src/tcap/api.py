@@ -108,7 +108,7 @@ class Applied:
         lines = [f"tcap: applied profile {self.profile} to pid {os.getpid()}: "
                  f"{caps_words(self.caps.get('blas', 0), self.caps.get('openmp', 0))}, verify {self.verify}, share "
                  f"{self.share}, " + (f"pinned to CPUs {format_cpu_list(self.pinned)}" if self.pinned is not None
-                                      else f"{self.cpus} CPUs")]
+                                      else f"{self.cpus} CPU{'' if self.cpus == 1 else 's'}")]
         shown = {name: value for name, value in self.variables.items() if not name.startswith("TCAP_")
                  and name != "PYTHONPATH"}
         if shown:  # grouped by value: the plan sets most of them to the same count
@@ -162,9 +162,7 @@ def _plan(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
 
 
 def _numeric_loaded() -> bool:
-    from tcap.probe import NUMERIC
-
-    return any(name in sys.modules for name in NUMERIC)
+    return any(name in sys.modules for name in probe_module().NUMERIC)
 
 
 def _on_main_thread() -> bool:
@@ -196,8 +194,7 @@ class _Setting:
     def _threadpoolctl(self, caps: Mapping[str, int]) -> None:
         from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
-        from tcap.probe import cap_for
-
+        cap_for = probe_module().cap_for
         for lib in ThreadpoolController().lib_controllers:
             info = lib.info()
             cap = cap_for(info, caps)

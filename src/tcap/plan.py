@@ -85,7 +85,8 @@ class _OwnChoice:
                 return None, f"{source}{name}={text!r} is not a thread count"
             n = int(first)
             if variable.clamps_to_affinity and n > self.affinity:
-                return self.affinity, f"{source}{name}={text}, held to the {self.affinity} CPUs of its affinity mask"
+                cpus = f"{self.affinity} CPU{'' if self.affinity == 1 else 's'}"
+                return self.affinity, f"{source}{name}={text}, held to the {cpus} of its affinity mask"
             return n, f"{source}{name}={text}"
         return self.default(variable)
 
@@ -804,7 +805,7 @@ def _cpu_set(
     elif kind == "first":
         assert isinstance(argument, int)
         if argument > len(current):
-            usable_text = f"{len(current)} usable CPUs ({format_cpu_list(allowed)})"
+            usable_text = f"{len(current)} usable CPU{'' if len(current) == 1 else 's'} ({format_cpu_list(allowed)})"
             raise fail(f"first:{argument} asks for more than the {usable_text}")
         chosen = current[:argument]
     else:  # physical

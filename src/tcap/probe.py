@@ -19,10 +19,6 @@ import os
 import sys
 import time
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # for the one typed function tcap.api calls
-    from collections.abc import Mapping
-
 # Top-level packages whose import means native thread pools may exist
 # (_ctypes: a C library loaded by the program itself may start a pool no
 # registry names, seen by observation).
@@ -724,7 +720,7 @@ def _threadpoolctl():
     return module
 
 
-def cap_for(pool: "Mapping", caps: "Mapping") -> "int | None":
+def cap_for(pool, caps):
     """The cap for one threadpoolctl pool dict, or None if tcap set none."""
     internal = pool.get("internal_api")
     user = pool.get("user_api")
@@ -1213,8 +1209,8 @@ def _magic(line=""):
         rows.append((str(pool.get("internal_api")), str(pool.get("user_api")), str(threads),
                      "-" if cap is None else str(cap), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"tcap: profile {profile}, verify {mode}, {os_threads()} OS threads, "
-             f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} CPUs in affinity"]
+    cpus = _plural(len(os.sched_getaffinity(0)), "CPU") if hasattr(os, "sched_getaffinity") else "? CPUs"
+    lines = [f"tcap: profile {profile}, verify {mode}, {_plural(os_threads() or 0, 'OS thread')}, {cpus} in affinity"]
     if len(rows) == 1:
         lines.append("no native thread pools loaded (threadpoolctl sees none yet)")
     else:
