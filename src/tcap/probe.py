@@ -844,9 +844,22 @@ def _as_main_sees(info):
     if not view:
         return
     for pool in info:
+        if not _kept_per_thread(pool):
+            continue  # one size for the process: what this thread read holds (a stale view of it could not)
         seen = view.get((pool.get("filepath"), pool.get("internal_api")))
         if isinstance(seen, int) and not isinstance(seen, bool) and seen > (pool.get("num_threads") or 0):
             pool["num_threads"] = seen
+
+
+def _kept_per_thread(pool):
+    """Whether a pool's size is kept per calling thread, so the main thread
+    may see another one: OpenMP's (and a BLAS on OpenMP's threads), MKL's
+    (mkl_set_num_threads_local), the registry's per-thread rows.  OpenBLAS on
+    its own threads and BLIS have one size for the whole process."""
+    if "_module" in pool:
+        return bool(pool.get("_per_thread"))
+    return pool.get("user_api") == "openmp" or pool.get("threading_layer") == "openmp" \
+        or pool.get("internal_api") == "mkl"
 
 
 def _main_view(wait=0.05):
@@ -867,6 +880,10 @@ def _main_view(wait=0.05):
     def read():
         view = {}
         for lib in controller.lib_controllers if controller is not None else ():
+            kind = {"user_api": lib.user_api, "internal_api": lib.internal_api,
+                    "threading_layer": getattr(lib, "threading_layer", None)}
+            if not _kept_per_thread(kind):
+                continue
             try:
                 view[(lib.filepath, lib.internal_api)] = lib.get_num_threads()
             except Exception:
@@ -1248,5 +1265,5 @@ def _share_lines():
     busy = len(sharer.table.busy_others(sharer.pid, time.monotonic(), os.getppid())) + 1
     return [f"sharing: this process's share is {sharer.share} of the launch's {_plural(sharer.table.cpus, 'CPU')} "
             f"({_plural(busy, 'busy process')}, this one counted; {_plural(sharer.busy_threads, 'busy Python thread')})"
-            f": pools at most {sharer.per_thread}; lowest {sharer.low or sharer.per_thread}, highest "
+            f": pools at most {sharer.per_thread} (and at most their caps); lowest {sharer.low or sharer.per_thread}, highest "
             f"{sharer.high or sharer.per_thread}, {_plural(sharer.changes, 'change')}"]

@@ -120,7 +120,8 @@ def header_lines(applied: Applied, workers: int | None) -> list[str]:
     shown = {key: applied.caps[key] for key in ("threads", "blas", "openmp") if key in applied.caps}
     caps = ", ".join(f"{key} {value}" for key, value in (shown or applied.caps).items())
     who = f"{workers} xdist worker{'' if workers == 1 else 's'}, each" if workers else "this process"
-    cpus = f"pinned to {len(applied.pinned)} CPUs" if applied.pinned else f"{applied.cpus} CPUs"
+    count = len(applied.pinned) if applied.pinned else applied.cpus
+    cpus = ("pinned to " if applied.pinned else "") + f"{count} CPU{'' if count == 1 else 's'}"
     setting = sum(1 for name in applied.variables if not name.startswith("TCAP_") and name != "PYTHONPATH")
     lines = [
         f"tcap: profile {applied.profile}, {who}: {caps} ({cpus}); "
