@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 #: A thread is busy over an interval when it ran (or waited to run) for at
 #: least this share of it.
 BUSY = 0.5
+#: A thread that ran less than this share of an interval is not busy,
+#: however long it waited to run (an event loop waking every few ms behind
+#: busy threads waits most of the time, and wants a CPU only for moments).
+RAN = 0.2
 #: Seconds between samples while the process works, and while it is idle.
 TICK = 0.25
 QUIET = 1.0
@@ -155,7 +159,7 @@ class Observer:
                 threads[tid] = (run, wanted_of(tid))
                 continue  # a thread's first sample: no baseline (a pool starting up is not judged)
             share = (run - previous[0]) / elapsed
-            if share < 0.02:
+            if share < RAN:
                 threads[tid] = (run, None)
                 continue
             # Run and wait times (schedstat) for a thread that ran at all: a

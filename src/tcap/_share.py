@@ -47,6 +47,10 @@ TICK = 0.25  # seconds between two looks at the table while anything changes
 QUIET = 1.0  # ... for an idle process once nothing changed for QUIET_AFTER seconds
 QUIET_AFTER = 1.0
 BUSY = 0.5  # of one CPU, over a tick
+# A thread that ran less than this share of a tick is not busy, however long
+# it waited: an event loop waking every few ms behind busy threads (a Dask
+# worker's) waits most of the time, and wants a CPU only for moments.
+RAN = 0.2
 STALE = 0.6  # seconds without a heartbeat before the OS is asked whether a busy process lives
 GONE = 2.5  # ... and before /proc is asked whether it is a zombie or another process with its pid
 HOLD = 0.2  # seconds of idle ticks in a row before a busy process counts as idle
@@ -201,7 +205,7 @@ def thread_busy(
     if before is None:
         return False, (clock, None)
     run = (clock - before[0]) / elapsed
-    if run >= BUSY or run < 0.02:
+    if run >= BUSY or run < RAN:
         return run >= BUSY, (clock, None)
     wanted = _schedstat(tid)
     if wanted is None or before[1] is None:

@@ -1265,5 +1265,5 @@ def _share_lines():
     busy = len(sharer.table.busy_others(sharer.pid, time.monotonic(), os.getppid())) + 1
     return [f"sharing: this process's share is {sharer.share} of the launch's {_plural(sharer.table.cpus, 'CPU')} "
             f"({_plural(busy, 'busy process')}, this one counted; {_plural(sharer.busy_threads, 'busy Python thread')})"
-            f": pools at most {sharer.per_thread} (and at most their caps); lowest {sharer.low or sharer.per_thread}, highest "
-            f"{sharer.high or sharer.per_thread}, {_plural(sharer.changes, 'change')}"]
+            f": pools at most {sharer.per_thread} (and at most their caps); lowest {sharer.low or sharer.per_thread}, "
+            f"highest {sharer.high or sharer.per_thread}, {_plural(sharer.changes, 'change')}"]
