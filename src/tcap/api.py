@@ -178,7 +178,8 @@ def _pools_module() -> ModuleType:
 class _Setting:
     """The loaded pools set to a plan's caps, with what it takes to undo it."""
 
-    def __init__(self, caps: Mapping[str, int], profile: str, read: Mapping[str, object] | None = None) -> None:
+    def __init__(self, caps: Mapping[str, int], profile: str, read: Mapping[str, object] | None = None,
+                 other_threads: bool = True) -> None:
         #: The registry's sizes read before apply set the variables (some are
         #: read from them: rayon's, until its pool runs).
         self.read = read or {}
@@ -186,6 +187,7 @@ class _Setting:
         self.cannot: list[Cannot] = []
         self.undo: list[Callable[[], None]] = []
         self.explained: list[tuple[tuple[str | None, str], int]] = []  # over their caps, and said so here
+        self.other_threads = other_threads  # apply looks at what other threads get; a limits block does not
         if not _numeric_loaded():
             return  # no library loaded: no pool to set, and nothing imported for it
         self._threadpoolctl(caps)
@@ -205,7 +207,7 @@ class _Setting:
                 lib.set_num_threads(cap)
                 self.undo.append(partial(lib.set_num_threads, before))
             self.changes.append(PoolChange(lib.internal_api, lib.user_api, before, lib.get_num_threads(), cap))
-            if lib.user_api == "openmp":
+            if lib.user_api == "openmp" and self.other_threads:
                 self._other_threads(lib, cap)
 
     def _other_threads(self, lib: Any, cap: int) -> None:
@@ -474,7 +476,7 @@ class limits(ContextDecorator):
         if probe is not None and getattr(probe, "_state", {}).get("mode"):
             caps = probe._state.get("caps")
             probe._state["caps"] = {**self.plan.caps}
-        setting = _Setting(self.plan.caps, self.plan.profile)
+        setting = _Setting(self.plan.caps, self.plan.profile, other_threads=False)
         self._stack.append((setting, before, caps))
         return self
 
