@@ -35,7 +35,6 @@ from pathlib import Path
 
 import pytest
 
-import tcap
 from conftest import STRIPPED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,11 +343,6 @@ def _id(block: Block) -> str:
     return f"{re.sub(r'[^a-z0-9]+', '-', block.section.lower()).strip('-')}-line{block.line}"
 
 
-def _api_snippets_runnable() -> None:
-    if not hasattr(tcap, "apply") or not hasattr(tcap, "limits"):
-        pytest.skip("tcap.apply / tcap.limits are not in this tcap yet")
-
-
 @pytest.mark.parametrize("block", [b for b in TOUR if b.lang == "console"], ids=_id)
 def test_console_block_runs_as_shown(tmp_path: Path, block: Block) -> None:
     commands = block.commands()
@@ -373,7 +367,6 @@ def test_console_block_runs_as_shown(tmp_path: Path, block: Block) -> None:
 
 @pytest.mark.parametrize("block", [b for b in TOUR if b.lang == "python"], ids=_id)
 def test_python_block_runs_and_does_what_it_says(tmp_path: Path, block: Block) -> None:
-    _api_snippets_runnable()
     tour = Tour(tmp_path, block.section)
     after = AFTER_APPLY if "tcap.apply(" in block.text else AFTER_LIMITS if "tcap.limits(" in block.text else ""
     script = tour.work / "snippet.py"
@@ -386,7 +379,6 @@ def test_python_block_runs_and_does_what_it_says(tmp_path: Path, block: Block) -
 
 @pytest.mark.parametrize("block", [b for b in TOUR if b.lang == "ipython"], ids=_id)
 def test_ipython_block_applies_in_a_python_tcap_did_not_start(tmp_path: Path, block: Block) -> None:
-    _api_snippets_runnable()
     tour = Tour(tmp_path, block.section)
     cells = tour.work / "cells.ipy"
     # Then what the prose promises: pools imported afterwards at the plan's caps, %tcap's table.
