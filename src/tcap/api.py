@@ -451,7 +451,7 @@ class limits(ContextDecorator):
                  set: Mapping[str, str] | Iterable[str] | None = None) -> None:
         options = options_of(profile, {"threads": threads, "blas": blas, "openmp": openmp, "workers": workers,
                                        "cpus": cpus, "set": set})
-        self.plan = _plan(options)
+        self.plan = _plan(options, _as_before_apply(os.environ))  # what apply set is not an inherited choice
         self._stack: list[tuple[_Setting, dict[str, str | None], Any]] = []
 
     @property
