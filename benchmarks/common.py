@@ -11,13 +11,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 
-def timed_run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> float:
-    """Wall time of one run of ``argv`` (seconds); a failure is an error."""
+def timed_run(argv: Sequence[str], env: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None,
+              timeout: float | None = None, with_stdout: bool = False, tail: int = 500) -> float:
+    """Wall time of one run of ``argv`` (seconds); a failure is an error that
+    quotes the last ``tail`` characters of its stderr (``with_stdout``: of
+    its stdout and stderr together, for a program that reports on stdout)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    done = subprocess.run(argv, cwd=cwd, env=None if env is None else dict(env),
+                          stdout=subprocess.PIPE if with_stdout else subprocess.DEVNULL,
+                          stderr=subprocess.STDOUT if with_stdout else subprocess.PIPE, check=False, timeout=timeout)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+        said = done.stdout if with_stdout else done.stderr
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {said.decode()[-tail:]}")
     return elapsed
 
 

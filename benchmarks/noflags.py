@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median  # noqa: E402
+from common import median, timed_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "workloads" / "noflags"
 #: Targets: the default within this factor of the best flags on every shape,
@@ -98,13 +98,7 @@ def configurations(env: Mapping[str, str], python: str = sys.executable) -> dict
 
 def timed(argv: Sequence[str], env: Mapping[str, str]) -> float:
     """Wall time of one run of ``argv`` from the outside; a failure is an error."""
-    start = time.perf_counter()
-    done = subprocess.run(argv, cwd=HERE, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          check=False, timeout=TIMEOUT)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-800:]}")
-    return elapsed
+    return timed_run(argv, env, cwd=HERE, timeout=TIMEOUT, tail=800)
 
 
 def measure(

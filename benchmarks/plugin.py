@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median  # noqa: E402
+from common import median, timed_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "workloads" / "plugin"
 SUITE, INERT = HERE / "suite", HERE / "inert"
@@ -81,14 +81,9 @@ def inert_command(loaded: bool, python: str = sys.executable) -> list[str]:
 
 
 def timed(argv: Sequence[str], env: Mapping[str, str]) -> float:
-    """Wall time of one run of ``argv`` from the outside; a failure is an error."""
-    start = time.perf_counter()
-    done = subprocess.run(argv, cwd=HERE, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          check=False, timeout=TIMEOUT)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stdout.decode()[-800:]}")
-    return elapsed
+    """Wall time of one run of ``argv`` from the outside (pytest reports
+    failures on stdout); a failure is an error."""
+    return timed_run(argv, env, cwd=HERE, timeout=TIMEOUT, with_stdout=True, tail=800)
 
 
 def import_cost(env: Mapping[str, str], runs: int = 15) -> list[float]:
