@@ -104,11 +104,12 @@ class Applied:
     def __str__(self) -> str:
         from tcap.cpuset import format_cpu_list
         from tcap.kernel import caps_words
+        from tcap.plural import counted
 
         lines = [f"tcap: applied profile {self.profile} to pid {os.getpid()}: "
                  f"{caps_words(self.caps.get('blas', 0), self.caps.get('openmp', 0))}, verify {self.verify}, share "
                  f"{self.share}, " + (f"pinned to CPUs {format_cpu_list(self.pinned)}" if self.pinned is not None
-                                      else f"{self.cpus} CPU{'' if self.cpus == 1 else 's'}")]
+                                      else counted(self.cpus, "CPU"))]
         shown = {name: value for name, value in self.variables.items() if not name.startswith("TCAP_")
                  and name != "PYTHONPATH"}
         if shown:  # grouped by value: the plan sets most of them to the same count

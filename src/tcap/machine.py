@@ -307,17 +307,18 @@ def usable(machine: Machine, cpus: frozenset[int] | None) -> tuple[int, str]:
     The smallest of: the CPU set, the cgroup quota (rounded up: a quota of
     1.5 CPUs keeps 2 threads busy 75% of the time), Slurm's allocation.
     """
+    from tcap.plural import counted  # here: read_machine is on the launch path, this (the plan's why) is not
+
     reasons = []
     if cpus is not None:
         count = len(cpus)
-        reasons.append(f"{count} CPU{'s' if count != 1 else ''} in the set {format_cpu_list(cpus)}")
+        reasons.append(f"{counted(count, 'CPU')} in the set {format_cpu_list(cpus)}")
     else:
         count = machine.online or 1
-        reasons.append(f"{count} CPU{'s' if count != 1 else ''} reported by the OS (no affinity mask)")
+        reasons.append(f"{counted(count, 'CPU')} reported by the OS (no affinity mask)")
     if machine.quota is not None:
         limit = max(1, -int(-machine.quota // 1))  # ceil, without importing math
-        reasons.append(f"cgroup quota {machine.quota:g} CPU{'' if machine.quota == 1 else 's'} "
-                       f"({machine.quota_source}) -> {limit}")
+        reasons.append(f"cgroup quota {counted(machine.quota, 'CPU')} ({machine.quota_source}) -> {limit}")
         count = min(count, limit)
     if machine.slurm is not None:
         reasons.append(f"Slurm {machine.slurm_source}={machine.slurm}")

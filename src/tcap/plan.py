@@ -17,6 +17,7 @@ from tcap.bounds import MAX_DIGITS, MAX_THREADS, MAX_VALUE
 from tcap.cpuset import format_cpu_list, parse_cpu_spec
 from tcap.errors import TcapError
 from tcap.machine import Machine, usable
+from tcap.plural import counted
 from tcap.policy import Policy
 from tcap.profiles import SHARE_MODES, Origin, Profile, Setting, count_problem
 from tcap.variables import APIS, CAP_KEYS, VARIABLES, Variable, keys_for
@@ -58,13 +59,11 @@ class _OwnChoice:
         if variable.own == "fixed" and variable.own_limit is not None:
             return variable.own_limit, f"{variable.own_limit} threads, whatever the CPUs"
         if variable.own == "online":
-            n, why = self.online, (f"the {self.online} online CPU{'' if self.online == 1 else 's'}, whatever its "
-                                   "affinity mask")
+            n, why = self.online, f"the {counted(self.online, 'online CPU')}, whatever its affinity mask"
         elif variable.own == "physical" and self.physical is not None:
-            n, why = self.physical, (f"the {self.physical} physical core{'' if self.physical == 1 else 's'} in its "
-                                     "affinity mask")
+            n, why = self.physical, f"the {counted(self.physical, 'physical core')} in its affinity mask"
         else:
-            n, why = self.affinity, f"the {self.affinity} CPU{'' if self.affinity == 1 else 's'} in its affinity mask"
+            n, why = self.affinity, f"the {counted(self.affinity, 'CPU')} in its affinity mask"
         if variable.quota_aware and self.quota is not None and self.quota < n:
             n, why = self.quota, f"{why}, lowered to the cgroup quota of {self.quota}"
         if variable.own_limit is not None and n > variable.own_limit:
@@ -85,8 +84,8 @@ class _OwnChoice:
                 return None, f"{source}{name}={text!r} is not a thread count"
             n = int(first)
             if variable.clamps_to_affinity and n > self.affinity:
-                cpus = f"{self.affinity} CPU{'' if self.affinity == 1 else 's'}"
-                return self.affinity, f"{source}{name}={text}, held to the {cpus} of its affinity mask"
+                return self.affinity, f"{source}{name}={text}, held to the {counted(self.affinity, 'CPU')} of its " \
+                    "affinity mask"
             return n, f"{source}{name}={text}"
         return self.default(variable)
 
@@ -313,7 +312,7 @@ def _cpu_stage(settings: Mapping[str, Setting], machine: Machine, policy: Policy
         available, available_why = usable(machine, frozenset(cpu_set))
         count = min(place, available)
         count_why = (
-            f"auto:{place}: {place} CPU{'s' if place != 1 else ''} booked at launch among "
+            f"auto:{place}: {counted(place, 'CPU')} booked at launch among "
             f"{format_cpu_list(cpu_set)} ({available_why})"
         )
     else:
@@ -805,7 +804,7 @@ def _cpu_set(
     elif kind == "first":
         assert isinstance(argument, int)
         if argument > len(current):
-            usable_text = f"{len(current)} usable CPU{'' if len(current) == 1 else 's'} ({format_cpu_list(allowed)})"
+            usable_text = f"{counted(len(current), 'usable CPU')} ({format_cpu_list(allowed)})"
             raise fail(f"first:{argument} asks for more than the {usable_text}")
         chosen = current[:argument]
     else:  # physical

@@ -22,6 +22,7 @@ import os
 import sys
 
 from tcap.errors import EXIT_INTERNAL, EXIT_IO, TcapError, one_line, printable
+from tcap.plural import counted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -435,8 +436,8 @@ def _draw(axes: Any, panel: Panel, start: float) -> None:
                   color="black", linewidth=1.4, label="launch total (the budget's count)", zorder=4)
         highest = max(highest, max(level for _, level in panel.total))
     if panel.cpus:
-        label = f"{panel.cpus} CPU{'' if panel.cpus == 1 else 's'}"
-        axes.axhline(panel.cpus, color="tab:red", linestyle="--", linewidth=1.5, label=label, zorder=5)
+        axes.axhline(panel.cpus, color="tab:red", linestyle="--", linewidth=1.5, label=counted(panel.cpus, "CPU"),
+                     zorder=5)
         highest = max(highest, panel.cpus)
     colour_of = {id(band): colours[index % len(colours)] for index, band in enumerate(drawn)}
     labelled = False
@@ -475,7 +476,7 @@ def _draw(axes: Any, panel: Panel, start: float) -> None:
     axes.set_ylabel("busy threads")
     launches = f"{panel.launches} launch{'es' if panel.launches != 1 else ''}, " if panel.launches > 1 else ""
     noun = "process" if panel.processes == 1 else "processes"
-    cpus = f", {panel.cpus} CPU{'' if panel.cpus == 1 else 's'}" if panel.cpus else ""
+    cpus = f", {counted(panel.cpus, 'CPU')}" if panel.cpus else ""
     missing = "" if grid else " (no busy-thread samples: a report of an earlier tcap, or no process sampled)"
     axes.set_title(_text(f"{panel.host}: {launches}{panel.processes} {noun}{cpus}{missing}"), fontsize=9, loc="left")
     axes.grid(True, linewidth=0.3, alpha=0.5)

@@ -70,6 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     verify = config.getoption("tcap_verify") or config.getini("tcap_verify") or None
     from tcap import TcapError, apply
+    from tcap.errors import one_line
     from tcap.profiles import VERIFY_MODES
 
     if verify is not None and verify not in VERIFY_MODES:
@@ -78,7 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         applied = apply(str(profile), workers=xdist_workers(config), verify=verify)
     except TcapError as error:
-        raise pytest.UsageError(f"--tcap {profile}: {_one_line(str(error))}") from None
+        raise pytest.UsageError(f"--tcap {profile}: {one_line(str(error))}") from None
     config.stash[_APPLIED] = applied
     if not _in_worker(config):
         config.pluginmanager.register(_WarningsSummary(), "tcap-warnings")
@@ -104,10 +105,6 @@ def _in_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     applied = config.stash.get(_APPLIED, None)
     if applied is None or _in_worker(config):
@@ -117,15 +114,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def header_lines(applied: Applied, workers: int | None) -> list[str]:
     """What ``--tcap`` applied, as the session header's lines."""
+    from tcap.plural import counted
+
     shown = {key: applied.caps[key] for key in ("threads", "blas", "openmp") if key in applied.caps}
     caps = ", ".join(f"{key} {value}" for key, value in (shown or applied.caps).items())
-    who = f"{workers} xdist worker{'' if workers == 1 else 's'}, each" if workers else "this process"
+    who = f"{counted(workers, 'xdist worker')}, each" if workers else "this process"
     count = len(applied.pinned) if applied.pinned else applied.cpus
-    cpus = ("pinned to " if applied.pinned else "") + f"{count} CPU{'' if count == 1 else 's'}"
+    cpus = ("pinned to " if applied.pinned else "") + counted(count, "CPU")
     setting = sum(1 for name in applied.variables if not name.startswith("TCAP_") and name != "PYTHONPATH")
     lines = [
         f"tcap: profile {applied.profile}, {who}: {caps} ({cpus}); "
-        f"{setting} thread variable{'' if setting == 1 else 's'} set; verify {applied.verify}"
+        f"{counted(setting, 'thread variable')} set; verify {applied.verify}"
     ]
     lines.extend(f"tcap: cannot: {c.library}: {c.what}; {c.instead}" for c in applied.cannot)
     lines.extend(f"tcap: note: {note}" for note in applied.notes)
@@ -154,12 +153,13 @@ class _WarningsSummary:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.found:
             return
+        from tcap.plural import counted
+
         tests = len({nodeid for nodeid, _ in self.found})
         terminalreporter.section("tcap", sep="-")
         count = len(self.found)
         terminalreporter.line(
-            f"the probe warned {count} time{'' if count == 1 else 's'} in {tests} "
-            f"test{'' if tests == 1 else 's'} (captured stderr):"
+            f"the probe warned {counted(count, 'time')} in {counted(tests, 'test')} (captured stderr):"
         )
         for nodeid, line in list(self.found)[:_LISTED]:
             terminalreporter.line(f"{nodeid or '(collection)'}: {line}")
@@ -190,6 +190,7 @@ class _Marker:
             return
         from tcap import TcapError
         from tcap import limits as tcap_limits
+        from tcap.errors import one_line
 
         flags = dict(mark.kwargs)
         if self.workers is not None:
@@ -198,7 +199,7 @@ class _Marker:
             block = tcap_limits(*mark.args, **flags)
             block.__enter__()
         except TcapError as error:
-            pytest.fail(f"@pytest.mark.tcap: {_one_line(str(error))}", pytrace=False)
+            pytest.fail(f"@pytest.mark.tcap: {one_line(str(error))}", pytrace=False)
         item.stash[_LIMITS] = block
 
     @pytest.hookimpl(hookwrapper=True)
