@@ -96,14 +96,7 @@ def start():
         mode = os.environ.get("TCAP_VERIFY", "warn")
         if mode not in ("warn", "strict", "enforce"):
             return
-        _state.update(
-            mode=mode,
-            caps=_caps(),
-            profile=os.environ.get("TCAP_PROFILE", ""),
-            report_dir=os.environ.get("TCAP_REPORT_DIR") or None,
-            tpc_path=os.environ.get("TCAP_THREADPOOLCTL") or None,
-            cpus=_cpu_list(os.environ.get("TCAP_CPUS", "")),
-        )
+        _state.update(_settings(mode), report_dir=os.environ.get("TCAP_REPORT_DIR") or None)
         _reset_process()
         atexit.register(_at_exit)
         if hasattr(os, "register_at_fork"):
@@ -116,6 +109,13 @@ def start():
             sys.meta_path.insert(0, _Watcher())
     except Exception:
         _debug("start")
+
+
+def _settings(mode):
+    """What the launch's TCAP_* variables tell the checks."""
+    return {"mode": mode, "caps": _caps(), "profile": os.environ.get("TCAP_PROFILE", ""),
+            "tpc_path": os.environ.get("TCAP_THREADPOOLCTL") or None,
+            "cpus": _cpu_list(os.environ.get("TCAP_CPUS", ""))}
 
 
 def configure(main=None, explained=()):
@@ -133,9 +133,9 @@ def configure(main=None, explained=()):
         if not _state.get("mode") and "pid" not in _state:
             start()
         else:
-            _state.update(mode=mode, caps=_caps(), profile=os.environ.get("TCAP_PROFILE", ""),
-                          tpc_path=os.environ.get("TCAP_THREADPOOLCTL") or _state.get("tpc_path"),
-                          cpus=_cpu_list(os.environ.get("TCAP_CPUS", "")), seen={})
+            settings = _settings(mode)
+            settings["tpc_path"] = settings["tpc_path"] or _state.get("tpc_path")
+            _state.update(settings, seen={})
             if os.environ.get("TCAP_SHARE") and _state.get("sharer") is None:
                 _share_start()
             if _state.get("timer") is None:
