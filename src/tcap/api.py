@@ -347,7 +347,7 @@ def _pin_threads(cpus: Iterable[int]) -> None:
         return
     for tid in tids:
         try:
-            os.sched_setaffinity(tid, cpus)
+            set_affinity(cpus, tid)  # where the interpreter lacks os.sched_setaffinity (PyPy) too
         except OSError:
             pass  # the thread ended meanwhile
 

@@ -109,12 +109,13 @@ def pin(recipe: Mapping[str, Any], environ: Mapping[str, str], child: dict[str, 
     return sorted(cpus)
 
 
-def set_affinity(cpus: Sequence[int]) -> None:
-    """Pin this process (and so its children) to ``cpus``: os.sched_setaffinity,
+def set_affinity(cpus: Sequence[int], thread: int = 0) -> None:
+    """Pin this process (and so its children) to ``cpus`` - the calling
+    thread, or the thread whose native id is ``thread``: os.sched_setaffinity,
     or Linux's sched_setaffinity(2) through ctypes where the interpreter
     lacks it (PyPy)."""
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cpus)
+        os.sched_setaffinity(thread, cpus)
         return
     import ctypes
     import ctypes.util
@@ -124,7 +125,7 @@ def set_affinity(cpus: Sequence[int]) -> None:
     for cpu in cpus:
         mask[cpu // 8] |= 1 << (cpu % 8)
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.sched_setaffinity(0, ctypes.c_size_t(size), mask) != 0:
+    if libc.sched_setaffinity(thread, ctypes.c_size_t(size), mask) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
 
