@@ -321,16 +321,18 @@ def test_notebook_tcap_apply_with_flags_and_errors(iso: Isolated) -> None:
         "%load_ext tcap",
         "%tcap apply kmeans --bogus 2",
         "%tcap apply kmeans --workers",
+        "%tcap apply kmeans --workers= --threads 2",
         "import numpy, threadpoolctl, json, os\n%tcap apply kmeans --workers 2\n"
         f"print(json.dumps({POOLS}), os.environ['OPENBLAS_NUM_THREADS'])",
         "import tcap\ntcap.apply('serial', verify='off')",
     ])
     assert outputs[1]["stdout"].startswith("tcap: error: %tcap apply: unknown option --bogus")
     assert outputs[2]["stdout"].strip() == "tcap: error: %tcap apply: --workers needs a value"
-    assert "applied profile kmeans" in outputs[3]["stdout"]
-    pools, cap = outputs[3]["stdout"].splitlines()[-1].rsplit(" ", 1)
+    assert outputs[3]["stdout"].strip() == "tcap: error: %tcap apply: --workers needs a value"  # an empty --workers=
+    assert "applied profile kmeans" in outputs[4]["stdout"]
+    pools, cap = outputs[4]["stdout"].splitlines()[-1].rsplit(" ", 1)
     assert int(cap) == max(1, CPUS // 2) and {n for _, n in json.loads(pools)} == {int(cap)}
-    assert "applied profile serial" in outputs[4]["result"]  # the Applied shown as text
+    assert "applied profile serial" in outputs[5]["result"]  # the Applied shown as text
 
 
 def test_a_second_apply_plans_from_before_the_first(iso: Isolated) -> None:

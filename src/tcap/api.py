@@ -505,7 +505,7 @@ def magic_apply(line: str) -> Applied | None:
     flags as ``tcap run`` spells them; errors print one line."""
     import shlex
 
-    from tcap.grammar import PLAN_OPTIONS
+    from tcap.grammar import PLAN_OPTIONS, is_option
 
     try:
         words = shlex.split(line)
@@ -525,9 +525,11 @@ def magic_apply(line: str) -> Applied | None:
             elif option in PLAN_OPTIONS:
                 if not eq:
                     index += 1
-                    if index >= len(words) or words[index] in PLAN_OPTIONS:
+                    if index >= len(words) or is_option(words[index], PLAN_OPTIONS):
                         raise TcapError(f"%tcap apply: {option} needs a value")
                     value = words[index]
+                elif not value:
+                    raise TcapError(f"%tcap apply: {option} needs a value")
                 dest = PLAN_OPTIONS[option]
                 if dest == "set":
                     options["set"].append(value)

@@ -12,7 +12,7 @@ import os
 import sys
 
 from tcap.errors import EXIT_INTERNAL, EXIT_IO, TcapError, one_line
-from tcap.grammar import COMMANDS, KERNEL_COMMANDS
+from tcap.grammar import COMMANDS, KERNEL_COMMANDS, is_option
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,15 +37,6 @@ def _help(words: Sequence[str]) -> str:
         choices = [*_command_names(), *(n for n in COMMANDS if " " in n)]
         raise TcapError(f"tcap help: unknown command {name!r}{did_you_mean(name, choices)} (see tcap --help)")
     return helptext.command_help(name)
-
-
-def _is_option(word: str, known: Sequence[str]) -> bool:
-    """Whether ``word``, found where a value was due, is one of the
-    command's options (or ``--``) rather than the value."""
-    if word == "--" or word in ("-h", "--help"):
-        return True
-    option = word.partition("=")[0] if word.startswith("--") else word
-    return option in known or (word.startswith("-p") and "-p" in known)
 
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
@@ -92,7 +83,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object], list[str]]:
         elif option in valued:
             if not eq:
                 index += 1
-                if index >= len(args) or _is_option(args[index], [*valued, *flags]):
+                if index >= len(args) or is_option(args[index], [*valued, *flags]):
                     raise TcapError(f"tcap {name}: {option} needs a value")
                 value = args[index]
             elif not value:

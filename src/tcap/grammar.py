@@ -4,6 +4,10 @@ shell completion), so that imports only go down."""
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
 PLAN_OPTIONS = {
     "-p": "profile",
     "--profile": "profile",
@@ -51,3 +55,13 @@ COMMANDS: dict[str, tuple[dict[str, str], tuple[str, ...], bool | str]] = {
     "kernel remove": ({}, ("--force",), "args"),
 }
 KERNEL_COMMANDS = ("install", "list", "remove")
+
+
+def is_option(word: str, known: Collection[str]) -> bool:
+    """Whether ``word``, found where a value was due, is one of the
+    command's options (or ``--``, ``-h``) rather than the value: then the
+    option before it "needs a value" (tcap's parser and ``%tcap apply``)."""
+    if word == "--" or word in ("-h", "--help"):
+        return True
+    option = word.partition("=")[0] if word.startswith("--") else word
+    return option in known or (word.startswith("-p") and "-p" in known)
