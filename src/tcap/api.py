@@ -42,7 +42,6 @@ HINTS = {
     "numba": "; numba.set_num_threads(n) lowers what each parallel region uses, on the calling thread",
     "tokenizers (rayon)": "; TOKENIZERS_PARALLELISM=false (read at every call) keeps tokenizers on the calling "
                           "thread",
-    "torch (inter-op)": "",
 }
 #: What is fixed, where it is not "since import".
 WHAT = {
@@ -163,7 +162,7 @@ def _plan(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
 
 
 def _numeric_loaded() -> bool:
-    return any(name in sys.modules for name in probe_module().NUMERIC)
+    return bool(probe_module()._numeric_loaded())
 
 
 def _on_main_thread() -> bool:
